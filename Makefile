@@ -1,0 +1,51 @@
+# The course's commands. Each target sets up what it needs (.venv, dependencies, data) on its own.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.deeplsp-installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export MPLBACKEND := Agg
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: setup course test lab images checkpoints clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@touch $@
+
+## setup: virtual environment, dependencies and FashionMNIST
+setup: $(STAMP)
+	@$(PY) -m deeplsp_helpers.data setup
+
+## course: execute every notebook headless, top to bottom, in place, printing each one's wall time
+course: setup
+	@total=0; for nb in $(NOTEBOOKS); do \
+	  start=$$(date +%s); \
+	  TQDM_DISABLE=1 $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=900 --log-level=WARN "$$nb" || exit 1; \
+	  secs=$$(( $$(date +%s) - start )); total=$$(( total + secs )); \
+	  printf '%-50s %4d s\n' "$$nb" "$$secs"; \
+	done; printf '%-50s %4d s\n' "all notebooks" "$$total"
+
+## test: lint, unit tests and every notebook under nbval
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+## lab: open the course in JupyterLab
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/00_getting_started.ipynb
+
+## images: redraw the static figures under images/
+images: $(STAMP)
+	$(PY) images/make_images.py
+
+## checkpoints: retrain every reference model with its recorded recipe and seed
+checkpoints: setup
+	$(PY) -m deeplsp_helpers.zoo train all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

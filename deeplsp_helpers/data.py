@@ -1,0 +1,292 @@
+"""FashionMNIST, offline: where to find it, the train/validation/test splits, fast in-memory loaders.
+
+Lookup order for the data folder (the folder that holds ``FashionMNIST/raw``):
+``root`` argument -> ``$DEEPLSP_DATA`` -> ``data/`` in the repository. If that folder does
+not hold the files yet, they are decompressed into it (atomically) from the Debian package
+``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), or, failing that,
+downloaded by torchvision where a network exists.
+
+Run ``python -m deeplsp_helpers.data setup`` to fetch the data once (it installs the Debian
+package with apt when run as root).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import torch
+from torch.utils.data import Dataset
+
+__all__ = [
+    "CLASSES", "MEAN", "STD", "DataNotFoundError", "ImageTensorDataset", "FashionSplits", "Loaders",
+    "BatchLoader", "find_data_root", "load_fashion_mnist", "make_loaders", "subset",
+]
+
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+MEAN, STD = 0.2860, 0.3530  # of the FashionMNIST training images, scaled to [0, 1]
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+SPLIT_SEED = 0  # fixes which 5,000 training images form the validation split
+
+
+class DataNotFoundError(FileNotFoundError):
+    """FashionMNIST is not on this machine and could not be fetched."""
+
+
+def _repo_data_dir() -> Path:
+    repo = Path(__file__).resolve().parents[1]
+    return repo / "data" if (repo / "pyproject.toml").exists() else Path.cwd() / "data"
+
+
+def _raw_dir(root: Path) -> Path:
+    return root / "FashionMNIST" / "raw"
+
+
+def _has_raw(root: Path) -> bool:
+    return all((_raw_dir(root) / f).is_file() for f in RAW_FILES)
+
+
+def _missing_message(target: Path) -> str:
+    return (
+        f"FashionMNIST was not found in {target} and could not be fetched. Ways to get it:\n"
+        "  1. Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist  (files in /usr/share/datasets/fashion-mnist)\n"
+        "  2. with a network: python -m deeplsp_helpers.data setup  (torchvision downloads it)\n"
+        "  3. copy the four *-ubyte(.gz) files into <folder>/FashionMNIST/raw and set DEEPLSP_DATA=<folder>"
+    )
+
+
+def _copy_from_debian(target: Path, debian_dir: Path) -> bool:
+    """Decompress the Debian package's files into ``target``; each file is written atomically."""
+    if not all((debian_dir / f"{f}.gz").is_file() or (debian_dir / f).is_file() for f in RAW_FILES):
+        return False
+    raw = _raw_dir(target)
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in RAW_FILES:
+        if (raw / name).is_file():
+            continue
+        src_gz, src = debian_dir / f"{name}.gz", debian_dir / name
+        fd, tmp = tempfile.mkstemp(dir=raw, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if src_gz.is_file():
+                    with gzip.open(src_gz, "rb") as inp:
+                        shutil.copyfileobj(inp, out)
+                else:
+                    with open(src, "rb") as inp:
+                        shutil.copyfileobj(inp, out)
+            os.replace(tmp, raw / name)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return True
+
+
+def _download(target: Path) -> bool:
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        for train in (True, False):
+            FashionMNIST(str(target), train=train, download=True)
+    except Exception as err:  # no network, DNS failure, HTTP error ...
+        print(f"torchvision download failed: {err}", file=sys.stderr)
+        return False
+    return _has_raw(target)
+
+
+def find_data_root(root: str | os.PathLike | None = None, *, download: bool = True) -> Path:
+    """The folder holding ``FashionMNIST/raw``, fetching the files into it if needed.
+
+    Args:
+        root: a folder to use; must exist. Default: ``$DEEPLSP_DATA`` if set, else ``data/`` in the repo.
+        download: allow torchvision's download as the last resort.
+    Raises:
+        FileNotFoundError: ``root`` (or ``$DEEPLSP_DATA``) names a folder that does not exist.
+        DataNotFoundError: the data is nowhere and could not be fetched (the message lists the ways).
+    """
+    if root is not None or os.environ.get("DEEPLSP_DATA"):
+        source = "root" if root is not None else "DEEPLSP_DATA"
+        target = Path(root if root is not None else os.environ["DEEPLSP_DATA"]).expanduser()
+        if not target.is_dir():
+            raise FileNotFoundError(f"data directory {target} (from {source}) does not exist or is not a folder")
+    else:
+        target = _repo_data_dir()
+    if _has_raw(target):
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    if _copy_from_debian(target, DEBIAN_DIR) and _has_raw(target):
+        return target
+    if download and _download(target):
+        return target
+    raise DataNotFoundError(_missing_message(target))
+
+
+class ImageTensorDataset(Dataset):
+    """Normalised images ``X`` [N,1,28,28] (float32) and labels ``y`` [N] (int64), held in memory."""
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, classes=CLASSES):
+        if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise TypeError("X and y must be tensors")
+        if X.ndim != 4 or y.ndim != 1 or len(X) != len(y):
+            raise ValueError(f"expected X [N,C,H,W] and y [N]; got {tuple(X.shape)} and {tuple(y.shape)}")
+        self.X, self.y, self.classes = X, y, tuple(classes)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.X[i], int(self.y[i])
+
+    def __repr__(self) -> str:
+        return f"ImageTensorDataset(n={len(self)}, image_shape={tuple(self.X.shape[1:])})"
+
+
+class FashionSplits(NamedTuple):
+    train: ImageTensorDataset
+    val: ImageTensorDataset
+    test: ImageTensorDataset
+
+
+_CACHE: dict = {}
+
+
+def _normalise(images_uint8: torch.Tensor) -> torch.Tensor:
+    return ((images_uint8.float().div_(255.0) - MEAN) / STD).unsqueeze(1)  # [N,28,28] -> [N,1,28,28]
+
+
+def load_fashion_mnist(root: str | os.PathLike | None = None, val_size: int = 5000, *,
+                       download: bool = True) -> FashionSplits:
+    """FashionMNIST as three in-memory splits: train (60,000 - val_size), validation (val_size), test (10,000).
+
+    The files are read with ``torchvision.datasets.FashionMNIST``. The validation images are a
+    fixed random subset (seed ``SPLIT_SEED``) of the official training split; the test split is
+    the official one and is only for reporting.
+    """
+    if isinstance(val_size, bool) or not isinstance(val_size, int):
+        raise TypeError(f"val_size must be an int, got {type(val_size).__name__}")
+    if not 0 < val_size < 60000:
+        raise ValueError(f"val_size must be in 1..59999, got {val_size}")
+    data_root = find_data_root(root, download=download)
+    key = (str(data_root.resolve()), val_size)
+    if key not in _CACHE:
+        from torchvision.datasets import FashionMNIST
+
+        train_raw = FashionMNIST(str(data_root), train=True, download=False)
+        test_raw = FashionMNIST(str(data_root), train=False, download=False)
+        X_all, y_all = _normalise(train_raw.data), train_raw.targets.long()
+        perm = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        val_idx, train_idx = perm[:val_size].sort().values, perm[val_size:].sort().values
+        _CACHE[key] = FashionSplits(
+            train=ImageTensorDataset(X_all[train_idx], y_all[train_idx]),
+            val=ImageTensorDataset(X_all[val_idx], y_all[val_idx]),
+            test=ImageTensorDataset(_normalise(test_raw.data), test_raw.targets.long()),
+        )
+    return _CACHE[key]
+
+
+def subset(dataset: ImageTensorDataset, n: int, seed: int = 0) -> ImageTensorDataset:
+    """A random subset of ``n`` samples (fixed by ``seed``), e.g. for quick fine-tuning."""
+    if not isinstance(dataset, ImageTensorDataset):
+        raise TypeError("subset expects an ImageTensorDataset from load_fashion_mnist()")
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= len(dataset):
+        raise ValueError(f"n must be an int in 1..{len(dataset)}, got {n!r}")
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return ImageTensorDataset(dataset.X[idx], dataset.y[idx], dataset.classes)
+
+
+class BatchLoader:
+    """Batches straight from in-memory tensors: much faster than a DataLoader over PIL images.
+
+    Each pass with ``shuffle=True`` uses a new, reproducible order (``seed`` + pass number).
+    """
+
+    def __init__(self, dataset: ImageTensorDataset, batch_size: int = 128, shuffle: bool = False,
+                 seed: int = 0, drop_last: bool = False):
+        if not isinstance(dataset, ImageTensorDataset):
+            raise TypeError("BatchLoader expects an ImageTensorDataset")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
+        self.seed, self.drop_last, self._epoch = seed, drop_last, 0
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.dataset)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self._epoch))
+            self._epoch += 1
+        else:
+            order = None
+        for b in range(len(self)):
+            sl = slice(b * self.batch_size, min(n, (b + 1) * self.batch_size))
+            if order is None:
+                yield self.dataset.X[sl], self.dataset.y[sl]
+            else:
+                idx = order[sl]
+                yield self.dataset.X[idx], self.dataset.y[idx]
+
+
+class Loaders(NamedTuple):
+    train: BatchLoader
+    val: BatchLoader
+    test: BatchLoader
+
+
+def make_loaders(splits: FashionSplits, batch_size: int = 128, eval_batch_size: int = 1000,
+                 train_subset: int | None = None, seed: int = 0) -> Loaders:
+    """Loaders for the three splits: shuffled training batches, fixed-order evaluation batches.
+
+    Args:
+        train_subset: if given, train on a fixed random subset of this many samples.
+    """
+    if not isinstance(splits, FashionSplits):
+        raise TypeError("make_loaders expects the FashionSplits returned by load_fashion_mnist()")
+    train = splits.train if train_subset is None else subset(splits.train, train_subset, seed)
+    return Loaders(
+        train=BatchLoader(train, batch_size, shuffle=True, seed=seed),
+        val=BatchLoader(splits.val, eval_batch_size),
+        test=BatchLoader(splits.test, eval_batch_size),
+    )
+
+
+def setup(download: bool = True) -> Path:
+    """Make the data available: install the Debian package when root with apt, else download."""
+    try:
+        return find_data_root(download=False)
+    except DataNotFoundError:
+        pass
+    if not DEBIAN_DIR.is_dir() and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing the Debian package dataset-fashion-mnist ...", flush=True)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], check=False, env=env)
+    return find_data_root(download=download)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m deeplsp_helpers.data", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["setup", "where"], help="setup: fetch the data if needed; where: print its folder")
+    parser.add_argument("--no-download", action="store_true", help="never try torchvision's download")
+    args = parser.parse_args(argv)
+    try:
+        root = setup(download=not args.no_download) if args.command == "setup" else find_data_root(download=False)
+    except FileNotFoundError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(f"FashionMNIST ready in {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

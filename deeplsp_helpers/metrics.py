@@ -1,0 +1,142 @@
+"""Sparsity, parameter counts, model size and MACs.
+
+All functions read the *effective* weights of a model: for a module pruned with
+``torch.nn.utils.prune`` (which keeps ``weight_orig`` and a ``weight_mask``) they count the masked
+``weight``, so a pruned model is measured as it computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["sparsity", "model_sparsity", "count_parameters", "model_size", "count_macs", "summarize",
+           "effective_parameters", "layer_sparsities"]
+
+
+def _check_tensor(t, name: str = "tensor") -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty")
+    return t
+
+
+def _check_model(model) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def sparsity(t: torch.Tensor) -> float:
+    """Fraction of exactly-zero entries, in [0, 1]."""
+    t = _check_tensor(t)
+    return 1.0 - t.count_nonzero().item() / t.numel()
+
+
+def effective_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` for every parameter, with pruned ``*_orig`` parameters replaced by their masked value."""
+    _check_model(model)
+    for mod_name, module in model.named_modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            if p_name.endswith("_orig") and hasattr(module, p_name[: -len("_orig")] + "_mask"):
+                base = p_name[: -len("_orig")]
+                yield (f"{mod_name}.{base}" if mod_name else base), getattr(module, base)
+            else:
+                yield full, p
+
+
+def count_parameters(model: nn.Module, nonzero_only: bool = False) -> int:
+    """Number of parameters (or of non-zero parameters)."""
+    total = 0
+    for _, t in effective_parameters(model):
+        total += int(t.count_nonzero().item()) if nonzero_only else t.numel()
+    return total
+
+
+def model_sparsity(model: nn.Module) -> float:
+    """Fraction of zero parameters over the whole model."""
+    n = count_parameters(model)
+    if n == 0:
+        raise ValueError("model has no parameters")
+    return 1.0 - count_parameters(model, nonzero_only=True) / n
+
+
+def layer_sparsities(model: nn.Module, types: Sequence[type] = (nn.Conv2d, nn.Linear)) -> dict[str, float]:
+    """``{layer_name: sparsity of its weight}`` for every layer of the given types."""
+    _check_model(model)
+    return {name: sparsity(m.weight) for name, m in model.named_modules() if isinstance(m, tuple(types))}
+
+
+def model_size(model: nn.Module, data_width: int = 32, nonzero_only: bool = False) -> int:
+    """Size in **bits** of the parameters at ``data_width`` bits each (no index overhead counted).
+
+    Divide by 8 * 1024**2 for MiB. With ``nonzero_only`` it is the payload of a sparse format
+    *without* its indices, a lower bound on what sparse storage costs.
+    """
+    if isinstance(data_width, bool) or not isinstance(data_width, int) or data_width <= 0:
+        raise ValueError(f"data_width must be a positive int number of bits, got {data_width!r}")
+    return count_parameters(model, nonzero_only=nonzero_only) * data_width
+
+
+def _example_inputs(inputs) -> torch.Tensor:
+    if isinstance(inputs, torch.Tensor):
+        if inputs.ndim < 2:
+            raise ValueError(f"inputs must have a batch dimension, got shape {tuple(inputs.shape)}")
+        return inputs
+    if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(d, int) and d > 0 for d in inputs):
+        return torch.zeros(1, *inputs)
+    raise TypeError("inputs must be a tensor [N, ...] or an input size tuple such as (1, 28, 28)")
+
+
+def count_macs(model: nn.Module, inputs) -> int:
+    """Multiply-accumulates for **one sample**, traced by torchprofile in eval mode.
+
+    Zeros are still counted: an 90 %-sparse dense weight costs as many MACs as a dense one, because
+    dense kernels multiply by zero all the same. A module pruned with ``torch.nn.utils.prune`` also
+    shows its mask multiplication (``weight_orig * weight_mask``) as extra ``mul`` operations;
+    call ``prune.remove`` before counting to measure the deployed model.
+
+    Args:
+        inputs: an example batch [N, C, H, W] or an input size ``(C, H, W)``.
+    """
+    from torchprofile import profile_macs
+
+    _check_model(model)
+    x = _example_inputs(inputs)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            macs = profile_macs(model, x.to(device))
+    finally:
+        model.train(was_training)
+    return int(math.ceil(macs / x.shape[0]))
+
+
+def summarize(model: nn.Module, input_size: tuple = (1, 28, 28), device: torch.device | str | None = None) -> str:
+    """torchsummary's layer table as a string, with the device passed explicitly (works without a GPU)."""
+    from torchsummary import summary
+
+    _check_model(model)
+    if not (isinstance(input_size, (tuple, list)) and input_size and all(isinstance(d, int) and d > 0 for d in input_size)):
+        raise TypeError(f"input_size must be a tuple of positive ints such as (1, 28, 28), got {input_size!r}")
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), torch.no_grad():
+            summary(model, tuple(input_size), device=device.type)
+    finally:
+        model.train(was_training)
+    return buf.getvalue().rstrip()

@@ -1,0 +1,178 @@
+"""Training, evaluation and fine-tuning loops with progress bars and callbacks.
+
+Progress bars are quiet when ``$CI`` or ``$TQDM_DISABLE`` is set (they would only clutter logs
+and executed notebooks); pass ``progress=True`` to force them on.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import get_device
+
+__all__ = ["evaluate", "train", "fine_tune", "progress_enabled"]
+
+Callback = Callable[[nn.Module], None]
+
+
+def progress_enabled(progress: bool | None = None) -> bool:
+    """Whether to draw tqdm bars: ``progress`` if given, else off under ``$CI`` / ``$TQDM_DISABLE``."""
+    if progress is not None:
+        return bool(progress)
+    return not any(os.environ.get(v, "").lower() not in ("", "0", "false") for v in ("CI", "TQDM_DISABLE"))
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def _check_loader(loader, what: str) -> None:
+    if not hasattr(loader, "__iter__"):
+        raise TypeError(f"{what} must be an iterable of (X, y) batches, got {type(loader).__name__}")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | None = None) -> float:
+    """Top-1 accuracy in percent, in eval mode, without gradients. The model's mode is restored."""
+    _check_model(model)
+    _check_loader(loader, "loader")
+    device = torch.device(device) if device is not None else _model_device(model)
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        for X, y in loader:
+            y_hat = model(X.to(device))
+            correct += (y_hat.argmax(1) == y.to(device)).sum().item()
+            total += len(y)
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("loader yielded no samples")
+    return 100.0 * correct / total
+
+
+def _run_epochs(model, loader, optimizer, scheduler, num_epochs, callbacks, penalty, device, progress, desc,
+                on_epoch_end):
+    loss_fn = nn.CrossEntropyLoss()
+    for epoch in range(num_epochs):
+        model.train()
+        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{num_epochs}", leave=False, disable=not progress_enabled(progress))
+        running, seen = 0.0, 0
+        for X, y in bar:
+            X, y = X.to(device), y.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(X), y)
+            if penalty is not None:
+                loss = loss + penalty(model)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch + 1}; lower the learning rate")
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            for cb in callbacks:
+                cb(model)
+            running += loss.item() * len(y)
+            seen += len(y)
+            bar.set_postfix(loss=f"{running / seen:.3f}")
+        on_epoch_end(epoch, running / max(seen, 1))
+
+
+def _make_optimizer(model, optimizer: str, lr: float, weight_decay: float, momentum: float):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+
+
+def _check_hparams(num_epochs, lr, weight_decay):
+    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 0:
+        raise ValueError(f"num_epochs must be an int >= 0, got {num_epochs!r}")
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+
+
+def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = None, *, num_epochs: int = 5,
+          lr: float = 0.05, optimizer: str = "sgd", weight_decay: float = 5e-4, momentum: float = 0.9,
+          schedule: str = "onecycle", select_best: bool = True, callbacks: Sequence[Callback] = (),
+          penalty: Callable[[nn.Module], torch.Tensor] | None = None, device=None,
+          progress: bool | None = None) -> dict:
+    """Train with cross-entropy; optionally keep the epoch with the best validation accuracy.
+
+    Args:
+        schedule: ``'onecycle'`` (Smith & Topin, arXiv:1708.07120), ``'cosine'`` or ``'constant'``.
+        select_best: with a ``val_loader``, restore the weights of the best validation epoch.
+        callbacks: called as ``cb(model)`` after every optimizer step (e.g. to re-apply masks).
+        penalty: an extra loss term ``penalty(model)``, e.g. L1 on BatchNorm scales.
+    Returns:
+        A history dict: ``train_loss``, ``val_acc`` per epoch, ``best_epoch``, ``seconds``.
+    """
+    _check_model(model)
+    _check_loader(train_loader, "train_loader")
+    _check_hparams(num_epochs, lr, weight_decay)
+    if schedule not in ("onecycle", "cosine", "constant"):
+        raise ValueError(f"schedule must be 'onecycle', 'cosine' or 'constant', got {schedule!r}")
+    device = torch.device(device) if device is not None else get_device()
+    model.to(device)
+    opt = _make_optimizer(model, optimizer, lr, weight_decay, momentum)
+    steps = max(1, num_epochs * len(train_loader))
+    sched = None
+    if schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25)
+    elif schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    history = {"train_loss": [], "val_acc": [], "best_epoch": None, "seconds": 0.0}
+    best = {"acc": -1.0, "state": None}
+
+    def on_epoch_end(epoch, loss):
+        history["train_loss"].append(loss)
+        if val_loader is not None:
+            acc = evaluate(model, val_loader, device)
+            history["val_acc"].append(acc)
+            if acc > best["acc"]:
+                best["acc"], history["best_epoch"] = acc, epoch + 1
+                if select_best:
+                    best["state"] = copy.deepcopy(model.state_dict())
+
+    start = time.perf_counter()
+    _run_epochs(model, train_loader, opt, sched, num_epochs, callbacks, penalty, device, progress, "epoch",
+                on_epoch_end)
+    history["seconds"] = time.perf_counter() - start
+    if select_best and best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    return history
+
+
+def fine_tune(model: nn.Module, train_loader: Iterable, *, num_epochs: int = 1, lr: float = 0.01,
+              optimizer: str = "sgd", weight_decay: float = 5e-4, momentum: float = 0.9,
+              callbacks: Sequence[Callback] = (), penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+              val_loader: Iterable | None = None, device=None, progress: bool | None = None) -> dict:
+    """Fine-tune a (pruned) model with a cosine-decaying learning rate.
+
+    ``callbacks`` run after every optimizer step: pass a pruner's ``apply`` to keep pruned
+    weights at zero (otherwise momentum and weight decay bring them back).
+    Returns the same history dict as :func:`train` (the last epoch is kept, not the best).
+    """
+    return train(model, train_loader, val_loader, num_epochs=num_epochs, lr=lr, optimizer=optimizer,
+                 weight_decay=weight_decay, momentum=momentum, schedule="cosine", select_best=False,
+                 callbacks=callbacks, penalty=penalty, device=device, progress=progress)

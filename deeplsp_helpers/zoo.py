@@ -1,0 +1,223 @@
+"""Reference checkpoints: trained on FashionMNIST's train split, selected on validation.
+
+Checkpoints are plain ``state_dict`` files committed with the package, listed in
+``checkpoints/manifest.json`` with their sha256, validation and test accuracy, recipe and seed,
+and loaded with ``torch.load(..., weights_only=True)``.
+
+CLI::
+
+    python -m deeplsp_helpers.zoo list            # what is there and how accurate it is
+    python -m deeplsp_helpers.zoo verify          # check every file against its sha256
+    python -m deeplsp_helpers.zoo train NAME|all  # retrain with the recorded recipe and seed
+
+Retraining runs the same recipe with the same seed; on the same machine and thread count it
+gives the same weights, elsewhere the same recipe to within floating-point differences.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import seed_everything
+from .models import MODEL_NAMES, build_model
+
+__all__ = ["RECIPES", "CheckpointError", "load_pretrained", "train_reference", "read_manifest", "verify"]
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+MANIFEST = "manifest.json"
+
+# One recipe per model: the full description of how its checkpoint was made.
+RECIPES = {
+    "lenet": dict(num_epochs=12, lr=3e-3, optimizer="adam", weight_decay=0.0, batch_size=128, schedule="onecycle"),
+    "vgg": dict(num_epochs=5, lr=0.1, optimizer="sgd", weight_decay=5e-4, batch_size=128, schedule="onecycle"),
+    "resnet": dict(num_epochs=4, lr=0.1, optimizer="sgd", weight_decay=5e-4, batch_size=128, schedule="onecycle"),
+    "mobilenet": dict(num_epochs=5, lr=0.1, optimizer="sgd", weight_decay=1e-4, batch_size=128, schedule="onecycle"),
+}
+SEED = 0
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is corrupt, does not match its manifest, or does not fit its model."""
+
+
+def _retrain_hint(name: str) -> str:
+    return f"rebuild it with:  python -m deeplsp_helpers.zoo train {name}   (or load_pretrained({name!r}, retrain=True))"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through ``write(fileobj)`` into a temporary file beside ``path``, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _check_name(name) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a string, got {type(name).__name__}")
+    if name.lower() not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
+    return name.lower()
+
+
+def read_manifest(directory: Path | None = None) -> dict:
+    """The manifest as a dict ``{name: entry}``; empty if there is none yet."""
+    path = Path(directory or CHECKPOINT_DIR) / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); retrain with: python -m deeplsp_helpers.zoo train all") from err
+
+
+def load_pretrained(name: str, *, retrain: bool = False, directory: str | os.PathLike | None = None,
+                    device: torch.device | str = "cpu") -> nn.Module:
+    """A trained reference model in eval mode.
+
+    Args:
+        name: one of ``lenet``, ``vgg``, ``resnet``, ``mobilenet``.
+        retrain: if the checkpoint is missing or fails its checksum, retrain it (minutes on a CPU)
+            instead of raising.
+        directory: where the checkpoints and manifest live (default: the package's own).
+    Raises:
+        FileNotFoundError: the checkpoint is missing (the message gives the retrain command).
+        CheckpointError (a ValueError): the file fails its sha256 or does not fit the model.
+    """
+    name = _check_name(name)
+    directory = Path(directory or CHECKPOINT_DIR)
+    entry = read_manifest(directory).get(name)
+    path = directory / (entry["file"] if entry else f"{name}.pt")
+    try:
+        if entry is None or not path.is_file():
+            raise FileNotFoundError(f"no checkpoint for {name!r} in {directory}; {_retrain_hint(name)}")
+        digest = _sha256(path)
+        if digest != entry["sha256"]:
+            raise CheckpointError(f"checkpoint {path.name} fails its checksum (sha256 {digest[:12]}… != manifest "
+                                  f"{entry['sha256'][:12]}…): the file is corrupt or was changed; {_retrain_hint(name)}")
+    except (FileNotFoundError, CheckpointError):
+        if not retrain:
+            raise
+        train_reference(name, directory=directory)
+        return load_pretrained(name, directory=directory, device=device)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_model(name)
+        model.load_state_dict(state)
+    except Exception as err:  # unpickling error, missing/unexpected keys, wrong shapes
+        raise CheckpointError(f"checkpoint {path.name} does not load into {name}: {err}; {_retrain_hint(name)}") from err
+    return model.to(device).eval()
+
+
+def train_reference(name: str, *, directory: str | os.PathLike | None = None, num_epochs: int | None = None,
+                    progress: bool | None = None) -> dict:
+    """Train ``name`` with its recipe and seed, keep the best validation epoch, save it atomically.
+
+    The test accuracy is measured once, after selection, and only recorded.
+    Returns the manifest entry that was written.
+    """
+    from . import data, train
+
+    name = _check_name(name)
+    directory = Path(directory or CHECKPOINT_DIR)
+    recipe = dict(RECIPES[name])
+    if num_epochs is not None:
+        recipe["num_epochs"] = num_epochs
+    batch_size = recipe.pop("batch_size")
+    seed_everything(SEED)
+    splits = data.load_fashion_mnist()
+    loaders = data.make_loaders(splits, batch_size=batch_size, seed=SEED)
+    model = build_model(name)
+    history = train.train(model, loaders.train, loaders.val, select_best=True, device="cpu", progress=progress,
+                          **recipe)
+    val_acc = train.evaluate(model, loaders.val)
+    test_acc = train.evaluate(model, loaders.test)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    path = directory / f"{name}.pt"
+    _atomic_write(path, lambda f: torch.save(state, f))
+    entry = {
+        "file": path.name, "sha256": _sha256(path), "val_acc": round(val_acc, 2), "test_acc": round(test_acc, 2),
+        "params": sum(p.numel() for p in model.parameters()), "seed": SEED,
+        "recipe": dict(RECIPES[name], **({"num_epochs": num_epochs} if num_epochs is not None else {})),
+        "best_epoch": history["best_epoch"], "val_acc_per_epoch": [round(a, 2) for a in history["val_acc"]],
+        "train_seconds": round(history["seconds"], 1), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "machine": platform.machine(),
+        "trained_on": time.strftime("%Y-%m-%d"),
+    }
+    manifest = read_manifest(directory)
+    manifest[name] = entry
+    _atomic_write(directory / MANIFEST, lambda f: f.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()))
+    return entry
+
+
+def verify(directory: str | os.PathLike | None = None) -> dict:
+    """``{name: 'ok' | problem}`` for every model: is the file there, does its sha256 match?"""
+    directory = Path(directory or CHECKPOINT_DIR)
+    manifest, result = read_manifest(directory), {}
+    for name in MODEL_NAMES:
+        entry = manifest.get(name)
+        path = directory / (entry["file"] if entry else f"{name}.pt")
+        if entry is None or not path.is_file():
+            result[name] = "missing"
+        elif _sha256(path) != entry["sha256"]:
+            result[name] = "checksum mismatch"
+        else:
+            result[name] = "ok"
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m deeplsp_helpers.zoo", description="Reference checkpoints.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="show each checkpoint's accuracy and recipe")
+    sub.add_parser("verify", help="check every checkpoint against its sha256")
+    p_train = sub.add_parser("train", help="retrain a reference model with its recorded recipe and seed")
+    p_train.add_argument("name", choices=[*MODEL_NAMES, "all"])
+    p_train.add_argument("--epochs", type=int, default=None, help="override the recipe's number of epochs")
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        for name in MODEL_NAMES if args.name == "all" else [args.name]:
+            entry = train_reference(name, num_epochs=args.epochs)
+            print(f"{name}: val {entry['val_acc']:.2f} %  test {entry['test_acc']:.2f} %  "
+                  f"({entry['train_seconds']:.0f} s, best epoch {entry['best_epoch']})", flush=True)
+        return 0
+    if args.command == "verify":
+        status = verify()
+        for name, s in status.items():
+            print(f"{name:10s} {s}")
+        return 0 if all(s == "ok" for s in status.values()) else 1
+    for name, e in read_manifest().items():
+        print(f"{name:10s} val {e['val_acc']:6.2f} %  test {e['test_acc']:6.2f} %  params {e['params']:,}  "
+              f"epochs {e['recipe']['num_epochs']}  seed {e['seed']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

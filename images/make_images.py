@@ -1,0 +1,103 @@
+"""Draw the course's static figures with matplotlib: ``python images/make_images.py``.
+
+Every image under images/ is produced here, so it can be regenerated and changed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+BLUE, GREY, RED = "#3b75af", "#c8c8c8", "#c44e52"
+
+
+def _network(ax, title, dropped_edges=(), dropped_nodes=()):
+    layers = [3, 4, 2]
+    pos = {(li, ni): (li * 2.0, (n - 1) / 2 - ni) for li, n in enumerate(layers) for ni in range(n)}
+    for li in range(len(layers) - 1):
+        for a in range(layers[li]):
+            for b in range(layers[li + 1]):
+                gone = ((li, a), (li + 1, b)) in dropped_edges or (li, a) in dropped_nodes or (li + 1, b) in dropped_nodes
+                (x0, y0), (x1, y1) = pos[(li, a)], pos[(li + 1, b)]
+                ax.plot([x0, x1], [y0, y1], color=GREY if gone else BLUE, lw=0.8 if gone else 1.6,
+                        ls=":" if gone else "-", zorder=1)
+    for node, (x, y) in pos.items():
+        gone = node in dropped_nodes
+        ax.scatter([x], [y], s=420, color="white" if gone else BLUE, edgecolor=GREY if gone else BLUE, lw=2, zorder=2)
+    ax.set_title(title, fontsize=11)
+    ax.set_xlim(-0.6, 4.6)
+    ax.set_ylim(-2.2, 2.2)
+    ax.axis("off")
+
+
+def pruning_overview(path: Path) -> None:
+    """Dense network, pruned synapses (weights) and pruned neurons (channels)."""
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
+    _network(axes[0], "dense")
+    edges = {((0, 0), (1, 1)), ((0, 1), (1, 0)), ((0, 2), (1, 3)), ((1, 0), (2, 1)), ((1, 2), (2, 0)), ((0, 1), (1, 2))}
+    _network(axes[1], "synapses pruned\n(fine-grained: sparse weights)", dropped_edges=edges)
+    _network(axes[2], "neurons pruned\n(structured: smaller layers)", dropped_nodes={(1, 1), (1, 3)})
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def granularity(path: Path) -> None:
+    """Masks of the same 8x8 weight at several granularities (grey = pruned)."""
+    rng = np.random.default_rng(0)
+    w = np.abs(rng.normal(size=(8, 8)))
+    masks = {}
+    masks["fine-grained"] = w >= np.quantile(w, 0.5)
+    nm = np.zeros_like(w, dtype=bool)
+    for r in range(8):
+        for g in range(0, 8, 4):
+            nm[r, g + np.argsort(-w[r, g:g + 4])[:2]] = True
+    masks["2:4 (N:M)"] = nm
+    rows = np.linalg.norm(w, axis=1)
+    masks["vector (rows)"] = np.repeat((rows >= np.median(rows))[:, None], 8, axis=1)
+    blocks = w.reshape(4, 2, 4, 2).sum(axis=(1, 3))
+    masks["block 2x2"] = np.kron(blocks >= np.median(blocks), np.ones((2, 2))).astype(bool)
+    fig, axes = plt.subplots(1, len(masks), figsize=(2.6 * len(masks), 2.9))
+    for ax, (name, m) in zip(axes, masks.items()):
+        ax.imshow(np.where(m, 1.0, 0.0), cmap=matplotlib.colors.ListedColormap([GREY, BLUE]), vmin=0, vmax=1)
+        ax.set_xticks(np.arange(-0.5, 8, 1), minor=True)
+        ax.set_yticks(np.arange(-0.5, 8, 1), minor=True)
+        ax.grid(which="minor", color="white", lw=1)
+        ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
+        ax.set_title(f"{name}\n{1 - m.mean():.0%} pruned", fontsize=10)
+    fig.suptitle("one 8x8 weight, four granularities (blue = kept)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def course_map(path: Path) -> None:
+    """The chapters as a left-to-right flow."""
+    steps = ["00\ngetting\nstarted", "01\ngranularity", "02\ncriteria", "03\ntiming", "04\ntorch.nn.utils\n.prune",
+             "05\nstructured", "06\nDeepLSP\ncombined"]
+    fig, ax = plt.subplots(figsize=(11, 1.9))
+    for i, s in enumerate(steps):
+        ax.add_patch(plt.Rectangle((i * 1.5, 0), 1.2, 1, color=BLUE if i < 6 else RED, alpha=0.9))
+        ax.text(i * 1.5 + 0.6, 0.5, s, color="white", ha="center", va="center", fontsize=9, weight="bold")
+        if i:
+            ax.annotate("", xy=(i * 1.5, 0.5), xytext=(i * 1.5 - 0.3, 0.5), arrowprops=dict(arrowstyle="->", lw=1.5))
+    ax.set_xlim(-0.1, len(steps) * 1.5)
+    ax.set_ylim(-0.1, 1.1)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+FIGURES = {"pruning_overview.png": pruning_overview, "granularity.png": granularity, "course_map.png": course_map}
+
+if __name__ == "__main__":
+    for name, draw in FIGURES.items():
+        draw(HERE / name)
+        print(f"wrote images/{name}")
