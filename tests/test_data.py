@@ -1,0 +1,96 @@
+import gzip
+import os
+
+import pytest
+import torch
+
+from deeplsp_helpers import data
+
+
+def test_splits_have_the_designed_sizes_and_are_normalised(splits):
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (55000, 5000, 10000)
+    X, y = splits.train[0]
+    assert X.shape == (1, 28, 28) and isinstance(y, int) and 0 <= y < 10
+    mean, std = splits.train.X.mean().item(), splits.train.X.std().item()
+    assert abs(mean) < 0.02 and abs(std - 1) < 0.02
+    assert set(splits.val.y.tolist()) == set(range(10))
+
+
+def test_validation_split_is_fixed_and_disjoint_from_train(splits):
+    again = data.load_fashion_mnist()
+    assert torch.equal(again.val.y, splits.val.y)
+    # hash each image; validation images must not appear in train (FashionMNIST has few exact duplicates)
+    train_keys = {row.tobytes() for row in splits.train.X.flatten(1).numpy()}
+    overlap = sum(row.tobytes() in train_keys for row in splits.val.X.flatten(1).numpy())
+    assert overlap < 25, overlap
+
+
+def test_missing_data_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.load_fashion_mnist(root=tmp_path / "nope")
+
+
+def test_no_data_anywhere_names_the_ways_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "no-debian")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(data.DataNotFoundError) as info:
+        data.find_data_root(empty, download=False)
+    msg = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in msg and "DEEPLSP_DATA" in msg and "setup" in msg
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_env_variable_pointing_nowhere_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPLSP_DATA", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="DEEPLSP_DATA"):
+        data.find_data_root()
+
+
+def test_debian_files_are_decompressed_atomically(tmp_path, monkeypatch):
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    for i, name in enumerate(data.RAW_FILES):
+        with gzip.open(debian / f"{name}.gz", "wb") as f:
+            f.write(bytes([i]) * 100)
+    monkeypatch.setattr(data, "DEBIAN_DIR", debian)
+    target = tmp_path / "target"
+    target.mkdir()
+    assert data.find_data_root(target, download=False) == target
+    raw = target / "FashionMNIST" / "raw"
+    assert sorted(os.listdir(raw)) == sorted(data.RAW_FILES)  # no temporary files left behind
+    assert (raw / data.RAW_FILES[2]).read_bytes() == bytes([2]) * 100
+
+
+@pytest.mark.parametrize("bad, err", [(0, ValueError), (60000, ValueError), (1.5, TypeError)])
+def test_bad_val_size(bad, err):
+    with pytest.raises(err):
+        data.load_fashion_mnist(val_size=bad)
+
+
+def test_batch_loader_covers_every_sample_once_and_reshuffles_reproducibly(splits):
+    ds = data.subset(splits.val, 1000, seed=1)
+    loader = data.BatchLoader(ds, batch_size=128, shuffle=True, seed=5)
+    assert len(loader) == 8
+    first = torch.cat([y for _, y in loader])
+    second = torch.cat([y for _, y in loader])
+    assert len(first) == 1000 and torch.equal(first.sort().values, ds.y.sort().values)
+    assert not torch.equal(first, second)  # a new order each pass
+    again = torch.cat([y for _, y in data.BatchLoader(ds, batch_size=128, shuffle=True, seed=5)])
+    assert torch.equal(first, again)
+    assert len(data.BatchLoader(ds, batch_size=128, drop_last=True)) == 7
+
+
+def test_make_loaders_and_subset_validate_input(splits):
+    loaders = data.make_loaders(splits, batch_size=64, train_subset=640)
+    assert len(loaders.train) == 10 and len(loaders.test.dataset) == 10000
+    with pytest.raises(TypeError):
+        data.make_loaders([splits.train, splits.val, splits.test])
+    with pytest.raises(ValueError):
+        data.subset(splits.val, 0)
+    with pytest.raises(ValueError):
+        data.subset(splits.val, 5001)
+    with pytest.raises(ValueError):
+        data.BatchLoader(splits.val, batch_size=0)
+    with pytest.raises(ValueError):
+        data.ImageTensorDataset(torch.zeros(3, 28, 28), torch.zeros(3))

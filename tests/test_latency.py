@@ -1,0 +1,47 @@
+import pytest
+import torch
+from torch import nn
+
+from deeplsp_helpers import latency, models
+
+
+def test_latency_stats_are_consistent_and_state_is_restored():
+    model = models.LeNet().train()
+    before = torch.get_num_threads()
+    stats = latency.measure_latency(model, torch.randn(4, 1, 28, 28), warmup=2, repeats=9, threads=1)
+    assert stats.runs == 9 and stats.threads == 1 and stats.batch_size == 4
+    assert 0 < stats.min_ms <= stats.q1_ms <= stats.median_ms <= stats.q3_ms
+    assert stats.iqr_ms == pytest.approx(stats.q3_ms - stats.q1_ms)
+    assert torch.get_num_threads() == before and model.training
+
+
+def test_first_call_is_never_timed_and_runs_are_under_inference_mode():
+    calls = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            calls.append((self.training, torch.is_inference_mode_enabled()))
+            return x
+
+    latency.measure_latency(Probe(), torch.zeros(1, 1), warmup=3, repeats=5)
+    assert len(calls) == 8 and all(c == (False, True) for c in calls)
+
+
+def test_compare_latency_interleaves_and_ranks_models():
+    small, big = nn.Linear(64, 64), nn.Sequential(*[nn.Linear(64, 64) for _ in range(30)])
+    res = latency.compare_latency({"small": small, "big": big}, torch.randn(32, 64), warmup=2, repeats=15)
+    assert set(res) == {"small", "big"}
+    assert res["big"].median_ms > res["small"].median_ms
+
+
+@pytest.mark.parametrize("kwargs", [dict(warmup=0), dict(repeats=2), dict(threads=0), dict(threads=1.5)])
+def test_bad_settings(kwargs):
+    with pytest.raises(ValueError):
+        latency.measure_latency(models.LeNet(), torch.randn(1, 1, 28, 28), **kwargs)
+
+
+def test_bad_inputs():
+    with pytest.raises(TypeError):
+        latency.measure_latency(models.LeNet(), [1, 2, 3])
+    with pytest.raises(TypeError):
+        latency.compare_latency({}, torch.randn(1, 1, 28, 28))

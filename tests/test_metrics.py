@@ -1,0 +1,77 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from deeplsp_helpers import metrics, models
+
+LENET_MACS = 6 * 24 * 24 * 25 + 16 * 8 * 8 * 150 + 256 * 120 + 120 * 84 + 84 * 10  # 281,640 by hand
+
+
+def test_sparsity_of_tensors():
+    assert metrics.sparsity(torch.tensor([0.0, 1.0, -2.0, 0.0])) == 0.5
+    assert metrics.sparsity(torch.zeros(3, 5)) == 1.0
+    with pytest.raises(ValueError):
+        metrics.sparsity(torch.empty(0))
+    with pytest.raises(TypeError):
+        metrics.sparsity([0.0, 1.0])
+
+
+def test_parameter_counts_and_sizes():
+    model = models.LeNet()
+    assert metrics.count_parameters(model) == 44426
+    with torch.no_grad():
+        model.fc1.weight.zero_()
+    assert metrics.count_parameters(model, nonzero_only=True) == 44426 - 256 * 120
+    assert metrics.model_sparsity(model) == pytest.approx(256 * 120 / 44426)
+    assert metrics.model_size(model) == 44426 * 32
+    assert metrics.model_size(model, data_width=8, nonzero_only=True) == (44426 - 256 * 120) * 8
+    for bad in (0, -8, 4.0, True):
+        with pytest.raises(ValueError):
+            metrics.model_size(model, data_width=bad)
+    with pytest.raises(TypeError):
+        metrics.count_parameters("lenet")
+
+
+def test_metrics_see_through_prune_masks():
+    model = models.LeNet()
+    prune.l1_unstructured(model.fc1, "weight", amount=0.5)
+    assert metrics.count_parameters(model) == 44426  # weight_orig counted once, as weight
+    assert metrics.count_parameters(model, nonzero_only=True) == 44426 - 256 * 120 // 2
+    assert metrics.layer_sparsities(model)["fc1"] == 0.5
+
+
+def test_count_macs_is_per_sample_and_matches_a_hand_count():
+    model = models.LeNet().train()
+    assert metrics.count_macs(model, torch.randn(1, 1, 28, 28)) == LENET_MACS
+    assert metrics.count_macs(model, torch.randn(8, 1, 28, 28)) == LENET_MACS
+    assert metrics.count_macs(model, (1, 28, 28)) == LENET_MACS
+    assert model.training  # mode restored
+    with pytest.raises(TypeError):
+        metrics.count_macs(model, "1x28x28")
+    with pytest.raises(ValueError):
+        metrics.count_macs(model, torch.randn(28))
+
+
+def test_count_macs_still_counts_zeros():
+    model = models.LeNet()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    assert metrics.count_macs(model, (1, 28, 28)) == LENET_MACS
+
+
+def test_summarize_works_on_cpu():
+    text = metrics.summarize(models.LeNet(), (1, 28, 28), device="cpu")
+    assert "Total params: 44,426" in text
+    with pytest.raises(TypeError):
+        metrics.summarize(models.LeNet(), 28)
+
+
+def test_effective_parameters_of_a_plain_layer():
+    layer = nn.Linear(3, 2)
+    names = [n for n, _ in metrics.effective_parameters(layer)]
+    assert names == ["weight", "bias"]
+    assert not math.isnan(metrics.model_sparsity(layer))

@@ -1,0 +1,89 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from deeplsp_helpers import data, models, train, zoo
+
+# Targets from the foundation issue: test accuracy of each committed checkpoint.
+TARGETS = {"lenet": 89.0, "vgg": 91.0, "resnet": 91.0, "mobilenet": 89.0}
+
+
+def test_every_checkpoint_is_committed_small_and_verified():
+    assert zoo.verify() == {name: "ok" for name in models.MODEL_NAMES}
+    manifest = zoo.read_manifest()
+    for name, entry in manifest.items():
+        assert (zoo.CHECKPOINT_DIR / entry["file"]).stat().st_size < 2 * 1024 * 1024
+        assert entry["seed"] == zoo.SEED and entry["recipe"] == zoo.RECIPES[name]
+
+
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_checkpoint_reaches_its_target_and_its_manifest_accuracy(name, splits):
+    model = zoo.load_pretrained(name)
+    assert not model.training
+    test_acc = train.evaluate(model, data.BatchLoader(splits.test, 1000))
+    entry = zoo.read_manifest()[name]
+    assert test_acc == pytest.approx(entry["test_acc"], abs=0.011)
+    assert test_acc >= TARGETS[name]
+
+
+@pytest.fixture
+def zoo_copy(tmp_path):
+    shutil.copytree(zoo.CHECKPOINT_DIR, tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def test_corrupt_checkpoint_is_refused_with_the_retrain_command(zoo_copy):
+    path = zoo_copy / "lenet.pt"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(zoo.CheckpointError, match="python -m deeplsp_helpers.zoo train lenet"):
+        zoo.load_pretrained("lenet", directory=zoo_copy)
+    assert isinstance(zoo.CheckpointError("x"), ValueError)
+
+
+def test_missing_checkpoint_is_a_file_not_found_error(zoo_copy):
+    (zoo_copy / "vgg.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="zoo train vgg"):
+        zoo.load_pretrained("vgg", directory=zoo_copy)
+    assert zoo.verify(zoo_copy)["vgg"] == "missing"
+
+
+def test_pickled_code_is_not_loaded(zoo_copy):
+    """A checkpoint holding arbitrary objects fails weights_only loading even with a matching sha256."""
+    path = zoo_copy / "lenet.pt"
+    torch.save({"payload": zoo.CheckpointError("not a tensor")}, path)
+    manifest = json.loads((zoo_copy / "manifest.json").read_text())
+    manifest["lenet"]["sha256"] = zoo._sha256(path)
+    (zoo_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(zoo.CheckpointError, match="does not load"):
+        zoo.load_pretrained("lenet", directory=zoo_copy)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="known models"):
+        zoo.load_pretrained("alexnet")
+
+
+def test_retrain_writes_atomically_and_records_the_recipe(tmp_path):
+    entry = zoo.train_reference("lenet", directory=tmp_path, num_epochs=1, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet.pt", "manifest.json"]  # no temp files
+    assert entry["sha256"] == zoo._sha256(tmp_path / "lenet.pt")
+    assert entry["recipe"]["num_epochs"] == 1 and entry["best_epoch"] == 1
+    assert entry["val_acc"] > 70  # one epoch of LeNet is far above chance (10 %)
+    model = zoo.load_pretrained("lenet", directory=tmp_path)
+    assert isinstance(model, models.LeNet)
+
+
+def test_retrain_flag_rebuilds_a_missing_checkpoint(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_train(name, directory):
+        calls.append(name)
+        return zoo.train_reference(name, directory=directory, num_epochs=1, progress=False)
+
+    monkeypatch.setattr(zoo, "train_reference", fake_train)
+    model = zoo.load_pretrained("lenet", directory=tmp_path, retrain=True)
+    assert calls == ["lenet"] and isinstance(model, models.LeNet)
