@@ -26,7 +26,7 @@ from .structured import (LatencyAwareImportance, collapse_channels, layer_costs,
 
 __all__ = ["compute_sensitivity", "measure_latency", "collapse_channels", "LatencyAwareImportance", "layer_costs",
            "structured_channel_pruning", "prune_latency_aware", "apply_unstructured_pruning",
-           "remove_pruning_masks", "apply_combined_pruning", "save_pruned", "load_pruned", "format_report"]
+           "remove_pruning_masks", "deployable_copy", "apply_combined_pruning", "save_pruned", "load_pruned", "format_report"]
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
@@ -179,10 +179,28 @@ def remove_pruning_masks(model: nn.Module) -> nn.Module:
     return model
 
 
+def deployable_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its prune masks made permanent (the model itself keeps its masks).
+
+    ``copy.deepcopy`` fails on a masked model after a forward pass (its ``weight`` is then a computed,
+    non-leaf tensor), so the computed weights are detached for the copy.
+    """
+    hooked = [(m, h._tensor_name) for m in model.modules() for h in m._forward_pre_hooks.values()
+              if isinstance(h, prune.BasePruningMethod)]
+    saved = [(m, name, getattr(m, name)) for m, name in hooked]
+    try:
+        for m, name, t in saved:
+            setattr(m, name, t.detach())
+        clone = copy.deepcopy(model)
+    finally:
+        for m, name, t in saved:
+            setattr(m, name, t)
+    return remove_pruning_masks(clone)
+
+
 def _snapshot(stage: str, model: nn.Module, example_inputs, loaders, baseline, threads: int, repeats: int) -> dict:
     """One report row; latency is measured interleaved with ``baseline`` so the speed-up is a same-run ratio."""
-    probe = copy.deepcopy(model)
-    remove_pruning_masks(probe)  # measure what would be deployed (masks add a multiplication per forward)
+    probe = deployable_copy(model)  # measure what would be deployed (masks add a multiplication per forward)
     row = {"stage": stage, "params": metrics.count_parameters(probe),
            "nonzero": metrics.count_parameters(probe, nonzero_only=True),
            "macs": metrics.count_macs(probe, example_inputs[:1])}
@@ -274,7 +292,7 @@ def _ratio_arg(upper: float):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if not 0.0 <= v < upper or math.isnan(v):
-            raise argparse.ArgumentTypeError(f"{text} is outside [0, {upper})")
+            raise argparse.ArgumentTypeError(f"{text} is outside [0, {upper:g})")
         return v
     return parse
 

@@ -11,6 +11,7 @@ Torch-Pruning / DepGraph: Fang et al., "DepGraph: Towards Any Structural Pruning
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import tempfile
@@ -216,6 +217,25 @@ class LatencyAwareImportance(tp.importance.GroupMagnitudeImportance):
         return magnitude / self.group_cost(group)
 
 
+class _CappedImportance(tp.importance.Importance):
+    """Wraps an importance so that global pruning removes at most ``max_ratio`` of any group's channels:
+    the strongest ``ceil((1 - max_ratio) * n)`` channels of each group get an infinite score. (Torch-Pruning's
+    own ``max_pruning_ratio`` is checked before a step, not within it: a one-shot global threshold can
+    select a whole group, which is then skipped entirely.)"""
+
+    def __init__(self, inner, max_ratio: float):
+        self.inner, self.max_ratio = inner, max_ratio
+
+    def __call__(self, group):
+        imp = self.inner(group)
+        if imp is None:
+            return None
+        keep = max(1, math.ceil(len(imp) * (1.0 - self.max_ratio)))
+        imp = imp.clone().float()
+        imp[torch.topk(imp, keep).indices] = float("inf")
+        return imp
+
+
 def structured_channel_pruning(model: nn.Module, example_inputs: torch.Tensor, pruning_ratio: float,
                                importance=None, ignored_layers=None, iterative_steps: int = 1,
                                round_to: int | None = None, max_pruning_ratio: float = 0.8) -> nn.Module:
@@ -239,7 +259,10 @@ def structured_channel_pruning(model: nn.Module, example_inputs: torch.Tensor, p
     model.eval()
     importance = importance or LatencyAwareImportance.from_model(model, example_inputs)
     ignored = list(ignored_layers) if ignored_layers is not None else output_layers(model, example_inputs)
-    pruner = tp.pruner.MetaPruner(model, example_inputs, importance=importance, global_pruning=True,
+    if not 0.0 < max_pruning_ratio < 1.0 or pruning_ratio > max_pruning_ratio:
+        raise ValueError(f"max_pruning_ratio must be in (pruning_ratio, 1), got {max_pruning_ratio!r}")
+    pruner = tp.pruner.MetaPruner(model, example_inputs, importance=_CappedImportance(importance, max_pruning_ratio),
+                                  global_pruning=True,
                                   pruning_ratio=pruning_ratio, iterative_steps=iterative_steps,
                                   ignored_layers=ignored, round_to=round_to, max_pruning_ratio=max_pruning_ratio)
     for _ in range(iterative_steps):

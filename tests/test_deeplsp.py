@@ -1,0 +1,156 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from deeplsp_helpers import data, deeplsp, metrics, models, structured
+
+X = torch.randn(8, 1, 28, 28)
+
+
+def _weights(model):
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def _weighted_sparsity(model):
+    ws = _weights(model)
+    return sum((w == 0).sum().item() for w in ws) / sum(w.numel() for w in ws)
+
+
+@pytest.fixture(scope="module")
+def calib(splits):
+    return [b for _, b in zip(range(2), data.BatchLoader(splits.val, 64))]
+
+
+def test_sensitivity_is_a_normalised_deterministic_blend(calib):
+    model = models.LeNet()
+    s = deeplsp.compute_sensitivity(model, calib)
+    assert list(s) == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert sum(s.values()) == pytest.approx(1.0)
+    assert s == deeplsp.compute_sensitivity(model, calib)
+    assert all(p.grad is None for p in model.parameters())  # the model's gradients are not touched
+    dummy = deeplsp.compute_sensitivity(model, dummy=True, input_shape=(8, 1, 28, 28))
+    assert dummy != s and sum(dummy.values()) == pytest.approx(1.0)
+
+
+def test_sensitivity_rejects_bad_input(calib):
+    with pytest.raises(ValueError, match="calibration batches"):
+        deeplsp.compute_sensitivity(models.LeNet())
+    with pytest.raises(ValueError, match="input_shape"):
+        deeplsp.compute_sensitivity(models.LeNet(), dummy=True)
+    with pytest.raises(ValueError):
+        deeplsp.compute_sensitivity(models.LeNet(), [])
+    with pytest.raises(TypeError):
+        deeplsp.compute_sensitivity("lenet", calib)
+
+
+@pytest.mark.parametrize("name", ["lenet", "vgg", "resnet"])
+@pytest.mark.parametrize("target", [0.3, 0.6, 0.9])
+def test_latency_aware_ratios_hit_the_budget_and_spare_sensitive_layers(name, target, calib):
+    model = models.build_model(name).eval()
+    sens = deeplsp.compute_sensitivity(model, calib)
+    ratios = deeplsp.prune_latency_aware(model, sens, target)
+    assert abs(_weighted_sparsity(model) - target) <= 0.005
+    assert all(0.0 <= r <= 0.99 for r in ratios.values())
+    order = sorted(sens, key=sens.get)  # least sensitive first
+    by_sens = [ratios[k] for k in order]
+    assert all(a >= b - 1e-9 for a, b in zip(by_sens, by_sens[1:]))  # less sensitive -> pruned more
+
+
+def test_several_sensitivity_maps_are_combined(calib):
+    model = models.LeNet().eval()
+    edge = deeplsp.compute_sensitivity(model, calib[:1])
+    cloud = deeplsp.compute_sensitivity(model, calib)
+    skewed = dict(cloud, fc1=10.0)  # one map says fc1 matters a lot
+    ratios = deeplsp.prune_latency_aware(model, [edge, skewed], 0.5)
+    assert abs(_weighted_sparsity(model) - 0.5) <= 0.005
+    assert ratios["fc1"] == min(ratios.values())
+
+
+def test_latency_aware_rejects_bad_input(calib):
+    model = models.LeNet()
+    sens = deeplsp.compute_sensitivity(model, calib)
+    for bad in (-0.1, 1.0, float("nan"), "0.5"):
+        with pytest.raises(ValueError):
+            deeplsp.prune_latency_aware(model, sens, bad)
+    with pytest.raises(ValueError, match="missing"):
+        deeplsp.prune_latency_aware(model, {"conv1": 1.0}, 0.5)
+    with pytest.raises(ValueError):
+        deeplsp.prune_latency_aware(model, dict(sens, fc1=-1.0), 0.5)
+    with pytest.raises(TypeError):
+        deeplsp.prune_latency_aware(model, 0.5, 0.5)
+
+
+def test_uniform_pruning_and_mask_removal():
+    model = models.LeNet()
+    deeplsp.apply_unstructured_pruning(model, 0.7)
+    assert all(abs(s - 0.7) < 0.01 for s in metrics.layer_sparsities(model).values())
+    deeplsp.remove_pruning_masks(model)
+    keys = list(model.state_dict())
+    assert not any(k.endswith(("_orig", "_mask")) for k in keys)
+    assert all(len(m._forward_pre_hooks) == 0 for m in model.modules())
+    fresh = models.LeNet()
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(fresh(X), model(X))
+    for bad in (-0.5, 1.5, None):
+        with pytest.raises(ValueError):
+            deeplsp.apply_unstructured_pruning(models.LeNet(), bad)
+
+
+def test_combined_pipeline_reports_every_stage_and_leaves_the_input_alone():
+    model = models.VGG().eval()
+    ref = model(X)
+    calls = []
+    pruned, rows = deeplsp.apply_combined_pruning(model, X, 0.5, 0.5, finetune=lambda m, stage: calls.append(stage),
+                                                  latency_repeats=3)
+    assert torch.equal(model(X), ref)  # input untouched
+    assert [r["stage"] for r in rows] == ["dense", "structured", "structured + fine-tune", "unstructured", "final"]
+    assert calls == ["structured", "unstructured"]
+    final = rows[-1]
+    assert final["params"] < rows[0]["params"] and final["nonzero"] < 0.55 * final["params"]
+    assert abs(_weighted_sparsity(pruned) - 0.5) < 0.01
+    assert final["macs"] < rows[0]["macs"] and final["speedup1"] > 0
+    assert not any(k.endswith("_mask") for k in pruned.state_dict())
+    assert "stage" in deeplsp.format_report(rows)
+
+
+def test_combined_pipeline_validates(calib):
+    with pytest.raises(ValueError):
+        deeplsp.apply_combined_pruning(models.LeNet(), X, 1.0, 0.5)
+    with pytest.raises(ValueError):
+        deeplsp.apply_combined_pruning(models.LeNet(), X, 0.5, -0.1)
+    with pytest.raises(TypeError):
+        deeplsp.apply_combined_pruning(models.LeNet(), X[0], 0.5, 0.5)
+    with pytest.raises(ValueError, match="sensitivities or loaders"):
+        deeplsp.apply_combined_pruning(models.LeNet(), X, 0.0, 0.5, latency_aware=True, report=False)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "deeplsp_helpers.deeplsp", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_cli_help_and_bad_options():
+    out = _cli("--help")
+    assert out.returncode == 0
+    for opt in ("--model", "--structured", "--unstructured", "--latency-aware", "--finetune-epochs", "--out"):
+        assert opt in out.stdout
+    bad = _cli("--model", "vgg", "--structured", "1.5", "--out", "x.pt")
+    assert bad.returncode == 2 and "outside [0, 1)" in bad.stderr
+    bad = _cli("--model", "alexnet", "--out", "x.pt")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    bad = _cli("--model", "lenet", "--finetune-epochs", "-1", "--out", "x.pt")
+    assert bad.returncode == 2
+
+
+def test_cli_prunes_reports_and_saves_a_model_that_loads(tmp_path):
+    out = tmp_path / "lenet_pruned.pt"
+    res = _cli("--model", "lenet", "--structured", "0.3", "--unstructured", "0.5", "--latency-aware",
+               "--finetune-epochs", "0", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "final" in res.stdout and "dense" in res.stdout
+    model = structured.load_pruned(out)
+    assert model(X).shape == (8, 10)
+    assert metrics.count_parameters(model, nonzero_only=True) < 0.5 * 44426
