@@ -21,8 +21,14 @@ from torch.nn.utils import prune
 
 from . import metrics
 from .latency import compare_latency, measure_latency
-from .structured import (LatencyAwareImportance, collapse_channels, layer_costs, load_pruned, save_pruned,
-                         structured_channel_pruning)
+from .structured import (
+    LatencyAwareImportance,
+    collapse_channels,
+    layer_costs,
+    load_pruned,
+    save_pruned,
+    structured_channel_pruning,
+)
 
 __all__ = ["compute_sensitivity", "measure_latency", "collapse_channels", "LatencyAwareImportance", "layer_costs",
            "structured_channel_pruning", "prune_latency_aware", "apply_unstructured_pruning",
