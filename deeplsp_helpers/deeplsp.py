@@ -236,6 +236,7 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
         finetune: ``finetune(model, stage)`` called after each stage (``'structured'``, ``'unstructured'``);
             during the second call the prune masks are still attached, so pruned weights stay zero.
         loaders: ``data.Loaders`` for the report's validation/test accuracy (and the sensitivities).
+        report: ``True`` measures every stage, ``'final'`` only the input and the result, ``False`` nothing.
     Returns:
         ``(model, rows)``: the pruned model (a new object; the input is not modified) and one report row
         per stage, each with params, non-zero params, MACs, accuracy, and latency at bs 1 / 64 with the
@@ -250,8 +251,11 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
     pruned = copy.deepcopy(model).eval()
     rows = []
 
+    if report not in (True, False, "final"):
+        raise ValueError(f"report must be True (every stage), 'final' or False, got {report!r}")
+
     def record(stage):
-        if report:
+        if report is True or (report == "final" and stage in ("dense", "final")):
             rows.append(_snapshot(stage, pruned, example_inputs, loaders, baseline, threads, latency_repeats))
 
     record("dense")

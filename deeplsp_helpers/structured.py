@@ -238,7 +238,7 @@ class _CappedImportance(tp.importance.Importance):
 
 def structured_channel_pruning(model: nn.Module, example_inputs: torch.Tensor, pruning_ratio: float,
                                importance=None, ignored_layers=None, iterative_steps: int = 1,
-                               round_to: int | None = None, max_pruning_ratio: float = 0.8) -> nn.Module:
+                               round_to: int | None = None, max_pruning_ratio: float = 0.7) -> nn.Module:
     """Remove ``pruning_ratio`` of the channels globally, then collapse any channel left dead.
 
     Args:
