@@ -71,6 +71,7 @@ def _atomic_write(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be read by anyone
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
