@@ -238,14 +238,16 @@ class _CappedImportance(tp.importance.Importance):
 
 def structured_channel_pruning(model: nn.Module, example_inputs: torch.Tensor, pruning_ratio: float,
                                importance=None, ignored_layers=None, iterative_steps: int = 1,
-                               round_to: int | None = None, max_pruning_ratio: float = 0.7) -> nn.Module:
+                               round_to: int | None = None, max_pruning_ratio: float | None = None) -> nn.Module:
     """Remove ``pruning_ratio`` of the channels globally, then collapse any channel left dead.
 
     Args:
         importance: a Torch-Pruning importance; default :class:`LatencyAwareImportance` measured on
             ``example_inputs``.
         ignored_layers: layers never pruned; default: the output layer(s), which fix the output shape.
-        max_pruning_ratio: no layer loses more than this fraction of its channels.
+        max_pruning_ratio: no group of coupled channels loses more than this fraction; default
+            ``max(0.65, pruning_ratio + 0.1)`` (at most 0.95), which keeps a latency-aware global ranking
+            from reducing one costly layer to a few channels.
     Returns:
         The same model, pruned in place.
     """
@@ -259,7 +261,10 @@ def structured_channel_pruning(model: nn.Module, example_inputs: torch.Tensor, p
     model.eval()
     importance = importance or LatencyAwareImportance.from_model(model, example_inputs)
     ignored = list(ignored_layers) if ignored_layers is not None else output_layers(model, example_inputs)
-    if not 0.0 < max_pruning_ratio < 1.0 or pruning_ratio > max_pruning_ratio:
+    if max_pruning_ratio is None:
+        max_pruning_ratio = min(0.95, max(0.65, pruning_ratio + 0.1))
+    if not isinstance(max_pruning_ratio, (int, float)) or not 0.0 < max_pruning_ratio < 1.0 \
+            or pruning_ratio > max_pruning_ratio:
         raise ValueError(f"max_pruning_ratio must be in (pruning_ratio, 1), got {max_pruning_ratio!r}")
     pruner = tp.pruner.MetaPruner(model, example_inputs, importance=_CappedImportance(importance, max_pruning_ratio),
                                   global_pruning=True,
