@@ -79,10 +79,11 @@ def test_retrain_writes_atomically_and_records_the_recipe(tmp_path):
 
 def test_retrain_flag_rebuilds_a_missing_checkpoint(tmp_path, monkeypatch):
     calls = []
+    real_train = zoo.train_reference
 
-    def fake_train(name, directory):
+    def fake_train(name, directory):  # one epoch instead of the recipe's twelve
         calls.append(name)
-        return zoo.train_reference(name, directory=directory, num_epochs=1, progress=False)
+        return real_train(name, directory=directory, num_epochs=1, progress=False)
 
     monkeypatch.setattr(zoo, "train_reference", fake_train)
     model = zoo.load_pretrained("lenet", directory=tmp_path, retrain=True)
