@@ -157,13 +157,17 @@ def plot_tradeoff(series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     (e.g. non-zero parameters) for Pareto plots of accuracy vs measured latency."""
     if not isinstance(series, Mapping) or not series:
         raise TypeError("series must be a non-empty dict {label: (xs, ys)}")
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4) if len(series) > 4 else (6.5, 4))
+    # one scale for every series, so marker areas compare across labels
+    largest = max((float(np.max(v)) for v in (sizes or {}).values() if len(v)), default=1.0) or 1.0
     for label, (xs, ys) in series.items():
         if len(xs) != len(ys):
             raise ValueError(f"{label}: {len(xs)} x values but {len(ys)} y values")
         if sizes is not None and label in sizes:
             s = np.asarray(sizes[label], dtype=float)
-            ax.scatter(xs, ys, s=40 + 400 * s / max(float(np.max(s)), 1e-12), alpha=0.7, label=label)
+            if s.shape != (len(xs),):
+                raise ValueError(f"{label}: {len(xs)} points but {s.size} sizes")
+            ax.scatter(xs, ys, s=20 + 600 * s / largest, alpha=0.7, label=label)
         else:
             ax.plot(xs, ys, marker="o", ms=4, label=label)
     if logx:
@@ -172,7 +176,10 @@ def plot_tradeoff(series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     ax.set_ylabel(ylabel)
     ax.set_title(title or f"{ylabel} vs {xlabel}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if len(series) > 4:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -46,8 +46,13 @@ def test_model_plots():
 def test_curves_and_importance():
     scan = {"conv1": ([0, 0.5, 0.9], [90, 89, 60]), "fc1": ([0, 0.5, 0.9], [90, 90, 88])}
     assert isinstance(plotting.plot_sensitivity(scan, dense_acc=90), Figure)
-    fig = plotting.plot_tradeoff({"a": ([1, 2], [90, 91])}, xlabel="latency (ms)", sizes={"a": [10, 20]})
+    fig = plotting.plot_tradeoff({"a": ([1, 2], [90, 91]), "b": ([3], [92])}, xlabel="latency (ms)",
+                                 sizes={"a": [10, 20], "b": [5]})
     assert isinstance(fig, Figure)
+    areas = [a for coll in fig.axes[0].collections for a in coll.get_sizes()]
+    assert areas[1] > areas[0] > areas[2]  # one scale across series: 20 > 10 > 5
+    with pytest.raises(ValueError, match="sizes"):
+        plotting.plot_tradeoff({"a": ([1, 2], [90, 91])}, sizes={"a": [1]})
     with pytest.raises(ValueError):
         plotting.plot_tradeoff({"a": ([1, 2], [90])})
     with pytest.raises(TypeError):
