@@ -24,7 +24,7 @@ course: setup
 	@total=0; for nb in $(NOTEBOOKS); do \
 	  start=$$(date +%s); \
 	  TQDM_DISABLE=1 $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
-	    --ExecutePreprocessor.timeout=900 --log-level=WARN "$$nb" || exit 1; \
+	    --ExecutePreprocessor.timeout=1800 --log-level=WARN "$$nb" || exit 1; \
 	  secs=$$(( $$(date +%s) - start )); total=$$(( total + secs )); \
 	  printf '%-50s %4d s\n' "$$nb" "$$secs"; \
 	done; printf '%-50s %4d s\n' "all notebooks" "$$total"
