@@ -17,12 +17,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import torch
 from torch.utils.data import Dataset
+
+from .files import atomic_write
 
 __all__ = [
     "CLASSES", "MEAN", "STD", "DataNotFoundError", "ImageTensorDataset", "FashionSplits", "Loaders",
@@ -72,19 +73,12 @@ def _copy_from_debian(target: Path, debian_dir: Path) -> bool:
         if (raw / name).is_file():
             continue
         src_gz, src = debian_dir / f"{name}.gz", debian_dir / name
-        fd, tmp = tempfile.mkstemp(dir=raw, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                if src_gz.is_file():
-                    with gzip.open(src_gz, "rb") as inp:
-                        shutil.copyfileobj(inp, out)
-                else:
-                    with open(src, "rb") as inp:
-                        shutil.copyfileobj(inp, out)
-            os.replace(tmp, raw / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+
+        def copy(out, src_gz=src_gz, src=src):
+            with (gzip.open(src_gz, "rb") if src_gz.is_file() else open(src, "rb")) as inp:
+                shutil.copyfileobj(inp, out)
+
+        atomic_write(raw / name, copy)
     return True
 
 

@@ -22,6 +22,7 @@ from torch.nn.utils import prune
 from . import metrics
 from .latency import compare_latency, measure_latency
 from .structured import (
+    PRUNABLE,
     LatencyAwareImportance,
     collapse_channels,
     layer_costs,
@@ -34,7 +35,6 @@ __all__ = ["compute_sensitivity", "measure_latency", "collapse_channels", "Laten
            "structured_channel_pruning", "prune_latency_aware", "apply_unstructured_pruning",
            "remove_pruning_masks", "deployable_copy", "report_row", "apply_combined_pruning", "save_pruned", "load_pruned", "format_report"]
 
-PRUNABLE = (nn.Conv2d, nn.Linear)
 
 
 def _prunable(model: nn.Module) -> dict[str, nn.Module]:

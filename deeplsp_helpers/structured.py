@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .files import atomic_write
 from .models import build_model
 
 __all__ = ["collapse_channels", "output_layers", "layer_costs", "LatencyAwareImportance",
@@ -312,19 +312,10 @@ def save_pruned(model: nn.Module, arch: str, path: str | os.PathLike) -> Path:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     build_model(arch)  # validates the name
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if any(k.endswith(("_orig", "_mask")) for k in state):
         raise ValueError("model still has pruning masks; call remove_pruning_masks(model) before saving")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"arch": arch, "state_dict": state}, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    path = atomic_write(path, lambda f: torch.save({"arch": arch, "state_dict": state}, f))
     return path
 
 

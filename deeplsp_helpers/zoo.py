@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from . import seed_everything
+from .files import atomic_write
 from .models import MODEL_NAMES, build_model
 
 __all__ = ["RECIPES", "CheckpointError", "load_pretrained", "train_reference", "read_manifest", "verify"]
@@ -60,22 +60,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through ``write(fileobj)`` into a temporary file beside ``path``, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be read by anyone
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _check_name(name) -> str:
@@ -160,7 +144,7 @@ def train_reference(name: str, *, directory: str | os.PathLike | None = None, nu
     test_acc = train.evaluate(model, loaders.test)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     path = directory / f"{name}.pt"
-    _atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
     entry = {
         "file": path.name, "sha256": _sha256(path), "val_acc": round(val_acc, 2), "test_acc": round(test_acc, 2),
         "params": sum(p.numel() for p in model.parameters()), "seed": SEED,
@@ -172,7 +156,7 @@ def train_reference(name: str, *, directory: str | os.PathLike | None = None, nu
     }
     manifest = read_manifest(directory)
     manifest[name] = entry
-    _atomic_write(directory / MANIFEST, lambda f: f.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()))
+    atomic_write(directory / MANIFEST, lambda f: f.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()))
     return entry
 
 
