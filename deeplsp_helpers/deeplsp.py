@@ -231,7 +231,8 @@ def report_row(stage: str, model: nn.Module, example_inputs: torch.Tensor, loade
 def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, structured_ratio: float,
                            unstructured_ratio: float, *, latency_aware: bool = False, sensitivities=None,
                            finetune: Callable[[nn.Module, str], None] | None = None, loaders=None,
-                           report: bool | str = True, threads: int = 1, latency_repeats: int = 20):
+                           report: bool | str = True, threads: int = 1, latency_repeats: int = 20,
+                           cost_measure: str = "latency"):
     """structured -> (fine-tune) -> unstructured (uniform, or sensitivity-adaptive) -> (fine-tune) -> remove masks.
 
     Args:
@@ -242,6 +243,9 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
             during the second call the prune masks are still attached, so pruned weights stay zero.
         loaders: ``data.Loaders`` for the report's validation/test accuracy (and the sensitivities).
         report: ``True`` measures every stage, ``'final'`` only the input and the result, ``False`` nothing.
+        cost_measure: what :class:`LatencyAwareImportance` weighs channels by: ``'latency'`` (each layer's
+            measured share, at batch size 1; it varies a little from run to run, and so can the pruned
+            widths) or ``'macs'`` (deterministic).
     Returns:
         ``(model, rows)``: the pruned model (a new object; the input is not modified) and one report row
         per stage, each with params, non-zero params, MACs, accuracy, and latency at bs 1 / 64 with the
@@ -256,6 +260,8 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
     pruned = copy.deepcopy(model).eval()
     rows = []
 
+    if cost_measure not in ("latency", "macs"):
+        raise ValueError(f"cost_measure must be 'latency' or 'macs', got {cost_measure!r}")
     if report not in (True, False, "final"):
         raise ValueError(f"report must be True (every stage), 'final' or False, got {report!r}")
 
@@ -265,7 +271,9 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
 
     record("dense")
     if s_ratio > 0:
-        structured_channel_pruning(pruned, example_inputs[:1], s_ratio)
+        importance = LatencyAwareImportance.from_model(pruned, example_inputs[:1], cost_measure, threads=threads,
+                                                       repeats=max(latency_repeats, 20))
+        structured_channel_pruning(pruned, example_inputs[:1], s_ratio, importance=importance)
         record("structured")
         if finetune is not None:
             finetune(pruned, "structured")
@@ -325,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the remaining Conv/Linear weights to zero, in [0, 1) (default 0.5)")
     p.add_argument("--latency-aware", action="store_true",
                    help="sensitivity-adaptive per-layer unstructured ratios instead of a uniform ratio")
+    p.add_argument("--costs", choices=("latency", "macs"), default="latency",
+                   help="what channels are weighed by in structured pruning: each layer's measured latency share "
+                        "(default) or its MAC share (deterministic)")
+    p.add_argument("--distill", action="store_true",
+                   help="fine-tune with knowledge distillation from the dense model (T=4, alpha=0.5)")
     p.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning epochs after each stage (default 1)")
     p.add_argument("--finetune-samples", type=int, default=10000,
                    help="training samples used for fine-tuning (default 10000)")
@@ -353,13 +366,16 @@ def main(argv: list[str] | None = None) -> int:
     loaders = data.make_loaders(splits, batch_size=128, train_subset=args.finetune_samples)
     model = zoo.load_pretrained(args.model)
 
+    teacher = zoo.load_pretrained(args.model) if args.distill else None
+
     def finetune(m, stage):
         if args.finetune_epochs:
-            train.fine_tune(m, loaders.train, num_epochs=args.finetune_epochs, lr=args.lr, device="cpu")
+            train.fine_tune(m, loaders.train, num_epochs=args.finetune_epochs, lr=args.lr, teacher=teacher,
+                            device="cpu")
 
     pruned, rows = apply_combined_pruning(model, splits.val.X[:64], args.structured, args.unstructured,
                                           latency_aware=args.latency_aware, finetune=finetune, loaders=loaders,
-                                          threads=args.threads)
+                                          threads=args.threads, cost_measure=args.costs)
     print(format_report(rows))
     path = save_pruned(pruned, args.model, args.out)
     again = load_pruned(path)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from . import get_device
 
-__all__ = ["evaluate", "train", "fine_tune", "progress_enabled"]
+__all__ = ["evaluate", "train", "fine_tune", "distillation_loss", "progress_enabled"]
 
 Callback = Callable[[nn.Module], None]
 
@@ -66,9 +66,27 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
     return 100.0 * correct / total
 
 
+def distillation_loss(y_hat: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor, *,
+                      temperature: float = 4.0, alpha: float = 0.5) -> torch.Tensor:
+    """``(1 - alpha) * CE(y_hat, y) + alpha * T^2 * KL(teacher || student)`` at temperature ``T``.
+
+    Knowledge distillation: Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network",
+    arXiv:1503.02531. The ``T^2`` factor keeps the soft term's gradients on the scale of the hard term's.
+    """
+    if not temperature > 0 or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"need temperature > 0 and alpha in [0, 1], got {temperature!r}, {alpha!r}")
+    hard = nn.functional.cross_entropy(y_hat, y)
+    soft = nn.functional.kl_div(nn.functional.log_softmax(y_hat / temperature, 1),
+                                nn.functional.log_softmax(teacher_logits / temperature, 1),
+                                reduction="batchmean", log_target=True)
+    return (1.0 - alpha) * hard + alpha * temperature ** 2 * soft
+
+
 def _run_epochs(model, loader, optimizer, scheduler, num_epochs, callbacks, penalty, device, progress, desc,
-                on_epoch_end):
+                on_epoch_end, teacher=None):
     loss_fn = nn.CrossEntropyLoss()
+    if teacher is not None:
+        teacher.eval()
     for epoch in range(num_epochs):
         model.train()
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{num_epochs}", leave=False, disable=not progress_enabled(progress))
@@ -76,7 +94,12 @@ def _run_epochs(model, loader, optimizer, scheduler, num_epochs, callbacks, pena
         for X, y in bar:
             X, y = X.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(X), y)
+            if teacher is None:
+                loss = loss_fn(model(X), y)
+            else:
+                with torch.no_grad():
+                    teacher_logits = teacher(X)
+                loss = distillation_loss(model(X), y, teacher_logits)
             if penalty is not None:
                 loss = loss + penalty(model)
             if not torch.isfinite(loss):
@@ -114,8 +137,8 @@ def _check_hparams(num_epochs, lr, weight_decay):
 def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = None, *, num_epochs: int = 5,
           lr: float = 0.05, optimizer: str = "sgd", weight_decay: float = 5e-4, momentum: float = 0.9,
           schedule: str = "onecycle", select_best: bool = True, callbacks: Sequence[Callback] = (),
-          penalty: Callable[[nn.Module], torch.Tensor] | None = None, device=None,
-          progress: bool | None = None) -> dict:
+          penalty: Callable[[nn.Module], torch.Tensor] | None = None, teacher: nn.Module | None = None,
+          device=None, progress: bool | None = None) -> dict:
     """Train with cross-entropy; optionally keep the epoch with the best validation accuracy.
 
     Args:
@@ -123,12 +146,16 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
         select_best: with a ``val_loader``, restore the weights of the best validation epoch.
         callbacks: called as ``cb(model)`` after every optimizer step (e.g. to re-apply masks).
         penalty: an extra loss term ``penalty(model)``, e.g. L1 on BatchNorm scales.
+        teacher: a model whose soft outputs the model also learns from (:func:`distillation_loss`,
+            T = 4, alpha = 0.5); e.g. the dense model while fine-tuning its pruned copy.
     Returns:
         A history dict: ``train_loss``, ``val_acc`` per epoch, ``best_epoch``, ``seconds``.
     """
     _check_model(model)
     _check_loader(train_loader, "train_loader")
     _check_hparams(num_epochs, lr, weight_decay)
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise TypeError(f"teacher must be a torch.nn.Module or None, got {type(teacher).__name__}")
     if schedule not in ("onecycle", "cosine", "constant"):
         raise ValueError(f"schedule must be 'onecycle', 'cosine' or 'constant', got {schedule!r}")
     device = torch.device(device) if device is not None else get_device()
@@ -154,8 +181,10 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
                     best["state"] = copy.deepcopy(model.state_dict())
 
     start = time.perf_counter()
+    if teacher is not None:
+        teacher.to(device)
     _run_epochs(model, train_loader, opt, sched, num_epochs, callbacks, penalty, device, progress, "epoch",
-                on_epoch_end)
+                on_epoch_end, teacher)
     history["seconds"] = time.perf_counter() - start
     if select_best and best["state"] is not None:
         model.load_state_dict(best["state"])
@@ -166,13 +195,15 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
 def fine_tune(model: nn.Module, train_loader: Iterable, *, num_epochs: int = 1, lr: float = 0.01,
               optimizer: str = "sgd", weight_decay: float = 5e-4, momentum: float = 0.9,
               callbacks: Sequence[Callback] = (), penalty: Callable[[nn.Module], torch.Tensor] | None = None,
-              val_loader: Iterable | None = None, device=None, progress: bool | None = None) -> dict:
+              teacher: nn.Module | None = None, val_loader: Iterable | None = None, device=None,
+              progress: bool | None = None) -> dict:
     """Fine-tune a (pruned) model with a cosine-decaying learning rate.
 
     ``callbacks`` run after every optimizer step: pass a pruner's ``apply`` to keep pruned
     weights at zero (otherwise momentum and weight decay bring them back).
+    ``teacher`` (e.g. the dense model) adds knowledge distillation (:func:`distillation_loss`).
     Returns the same history dict as :func:`train` (the last epoch is kept, not the best).
     """
     return train(model, train_loader, val_loader, num_epochs=num_epochs, lr=lr, optimizer=optimizer,
                  weight_decay=weight_decay, momentum=momentum, schedule="cosine", select_best=False,
-                 callbacks=callbacks, penalty=penalty, device=device, progress=progress)
+                 callbacks=callbacks, penalty=penalty, teacher=teacher, device=device, progress=progress)

@@ -125,6 +125,19 @@ def test_combined_pipeline_validates(calib):
         deeplsp.apply_combined_pruning(models.LeNet(), X[0], 0.5, 0.5)
     with pytest.raises(ValueError, match="sensitivities or loaders"):
         deeplsp.apply_combined_pruning(models.LeNet(), X, 0.0, 0.5, latency_aware=True, report=False)
+    with pytest.raises(ValueError, match="cost_measure"):
+        deeplsp.apply_combined_pruning(models.LeNet(), X, 0.5, 0.5, report=False, cost_measure="flops")
+
+
+def test_mac_costs_make_the_structured_stage_repeatable():
+    torch.manual_seed(0)
+    model = models.VGG().eval()
+    widths = []
+    for _ in range(2):
+        pruned, _ = deeplsp.apply_combined_pruning(model, X, 0.5, 0.0, report=False, cost_measure="macs")
+        widths.append([m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)])
+    assert widths[0] == widths[1] and sum(widths[0]) < sum(m.out_channels for m in model.modules()
+                                                          if isinstance(m, nn.Conv2d))
 
 
 def _cli(*args):
@@ -135,7 +148,8 @@ def _cli(*args):
 def test_cli_help_and_bad_options():
     out = _cli("--help")
     assert out.returncode == 0
-    for opt in ("--model", "--structured", "--unstructured", "--latency-aware", "--finetune-epochs", "--out"):
+    for opt in ("--model", "--structured", "--unstructured", "--latency-aware", "--costs", "--distill",
+                "--finetune-epochs", "--out"):
         assert opt in out.stdout
     bad = _cli("--model", "vgg", "--structured", "1.5", "--out", "x.pt")
     assert bad.returncode == 2 and "outside [0, 1)" in bad.stderr
@@ -143,6 +157,8 @@ def test_cli_help_and_bad_options():
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
     bad = _cli("--model", "lenet", "--finetune-epochs", "-1", "--out", "x.pt")
     assert bad.returncode == 2
+    bad = _cli("--model", "lenet", "--costs", "flops", "--out", "x.pt")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
 def test_cli_prunes_reports_and_saves_a_model_that_loads(tmp_path):
@@ -154,3 +170,13 @@ def test_cli_prunes_reports_and_saves_a_model_that_loads(tmp_path):
     model = structured.load_pruned(out)
     assert model(X).shape == (8, 10)
     assert metrics.count_parameters(model, nonzero_only=True) < 0.5 * 44426
+
+
+def test_cli_with_mac_costs_and_distillation(tmp_path):
+    out = tmp_path / "lenet_kd.pt"
+    res = _cli("--model", "lenet", "--structured", "0.3", "--unstructured", "0.5", "--costs", "macs", "--distill",
+               "--finetune-epochs", "1", "--finetune-samples", "1024", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    rows = [line.split() for line in res.stdout.splitlines() if line.startswith("final")]
+    assert rows and float(rows[0][4]) > 50  # validation accuracy after distilled fine-tuning, far above chance
+    assert structured.load_pruned(out)(X).shape == (8, 10)

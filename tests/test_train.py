@@ -93,3 +93,36 @@ def test_progress_is_quiet_under_ci(monkeypatch):
     monkeypatch.delenv("CI")
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     assert train.progress_enabled()
+
+
+def test_distillation_loss_blends_hard_and_soft_terms():
+    torch.manual_seed(0)
+    y_hat, teacher, y = torch.randn(8, 10), torch.randn(8, 10), torch.randint(0, 10, (8,))
+    ce = nn.functional.cross_entropy(y_hat, y)
+    assert train.distillation_loss(y_hat, y, teacher, alpha=0.0) == pytest.approx(ce.item())
+    assert train.distillation_loss(y_hat, y, y_hat, alpha=1.0).item() == pytest.approx(0.0, abs=1e-6)  # same outputs
+    assert train.distillation_loss(y_hat, y, teacher, alpha=1.0).item() > 0
+    for bad in (dict(temperature=0), dict(alpha=1.5), dict(alpha=-0.1)):
+        with pytest.raises(ValueError):
+            train.distillation_loss(y_hat, y, teacher, **bad)
+
+
+def test_fine_tuning_with_a_teacher_moves_the_student_towards_it(small):
+    torch.manual_seed(0)
+    teacher = models.LeNet()
+    train.train(teacher, small.train, num_epochs=2, lr=3e-3, optimizer="adam", progress=False)
+    X = next(iter(small.val))[0]
+    torch.manual_seed(1)
+    init = models.LeNet().state_dict()
+    gaps = {}
+    for label, t in (("plain", None), ("distilled", teacher)):
+        student = models.LeNet()
+        student.load_state_dict(init)
+        train.fine_tune(student, small.train, num_epochs=1, lr=0.05, teacher=t, progress=False)
+        with torch.no_grad():
+            gaps[label] = nn.functional.kl_div(nn.functional.log_softmax(student(X), 1),
+                                               nn.functional.log_softmax(teacher(X), 1),
+                                               reduction="batchmean", log_target=True).item()
+    assert gaps["distilled"] < gaps["plain"]
+    with pytest.raises(TypeError):
+        train.fine_tune(student, small.train, teacher="dense")
