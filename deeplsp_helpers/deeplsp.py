@@ -16,6 +16,7 @@ import sys
 from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
+import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune
 
@@ -232,7 +233,7 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
                            unstructured_ratio: float, *, latency_aware: bool = False, sensitivities=None,
                            finetune: Callable[[nn.Module, str], None] | None = None, loaders=None,
                            report: bool | str = True, threads: int = 1, latency_repeats: int = 20,
-                           cost_measure: str = "latency"):
+                           cost_measure: str | None = "latency"):
     """structured -> (fine-tune) -> unstructured (uniform, or sensitivity-adaptive) -> (fine-tune) -> remove masks.
 
     Args:
@@ -245,7 +246,8 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
         report: ``True`` measures every stage, ``'final'`` only the input and the result, ``False`` nothing.
         cost_measure: what :class:`LatencyAwareImportance` weighs channels by: ``'latency'`` (each layer's
             measured share, at batch size 1; it varies a little from run to run, and so can the pruned
-            widths) or ``'macs'`` (deterministic).
+            widths), ``'macs'`` (deterministic), or ``None``: no cost weighting, channels ranked by their
+            L1 magnitude alone (Torch-Pruning's ``GroupMagnitudeImportance(p=1)``).
     Returns:
         ``(model, rows)``: the pruned model (a new object; the input is not modified) and one report row
         per stage, each with params, non-zero params, MACs, accuracy, and latency at bs 1 / 64 with the
@@ -260,8 +262,8 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
     pruned = copy.deepcopy(model).eval()
     rows = []
 
-    if cost_measure not in ("latency", "macs"):
-        raise ValueError(f"cost_measure must be 'latency' or 'macs', got {cost_measure!r}")
+    if cost_measure not in ("latency", "macs", None):
+        raise ValueError(f"cost_measure must be 'latency', 'macs' or None, got {cost_measure!r}")
     if report not in (True, False, "final"):
         raise ValueError(f"report must be True (every stage), 'final' or False, got {report!r}")
 
@@ -271,8 +273,11 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
 
     record("dense")
     if s_ratio > 0:
-        importance = LatencyAwareImportance.from_model(pruned, example_inputs[:1], cost_measure, threads=threads,
-                                                       repeats=max(latency_repeats, 20))
+        if cost_measure is None:
+            importance = tp.importance.GroupMagnitudeImportance(p=1)
+        else:
+            importance = LatencyAwareImportance.from_model(pruned, example_inputs[:1], cost_measure, threads=threads,
+                                                           repeats=max(latency_repeats, 20))
         structured_channel_pruning(pruned, example_inputs[:1], s_ratio, importance=importance)
         record("structured")
         if finetune is not None:

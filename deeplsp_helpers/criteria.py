@@ -1,0 +1,124 @@
+"""Pruning criteria: importance scores per weight (or per BN channel), higher = more important (chapter 02).
+
+Every function returns ``{layer_name: score}`` with one score tensor of the weight's shape for each
+``Conv2d``/``Linear`` layer (``bn_scale``: one score per BatchNorm channel). Data-driven criteria accumulate
+over several calibration batches, one gradient per batch, never a single saved gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["prunable_layers", "random_scores", "magnitude", "gradient", "taylor", "obd", "bn_scale"]
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's Conv2d and Linear layers by name."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    if not layers:
+        raise ValueError("model has no Conv2d or Linear layers")
+    return layers
+
+
+def random_scores(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Uniform random scores: the baseline every criterion must beat."""
+    gen = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(m.weight.shape, generator=gen) for n, m in prunable_layers(model).items()}
+
+
+def magnitude(model: nn.Module, p: float = 1) -> dict[str, torch.Tensor]:
+    """|w|^p. Element by element, L1 (p=1) and L2 (p=2) rank weights identically (x -> x^2 is monotonic
+    on |w|); they differ only once scores are summed over a group (a filter, a channel).
+
+    Han et al., "Learning both Weights and Connections for Efficient Neural Networks", arXiv:1506.02626.
+    """
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
+        raise ValueError(f"p must be a positive number, got {p!r}")
+    return {n: m.weight.detach().abs().pow(p).clone() for n, m in prunable_layers(model).items()}
+
+
+def _per_batch_grads(model: nn.Module, batches: Iterable, layers: dict[str, nn.Module]):
+    """Yield ``{name: dL/dw}`` for every (X, y) batch, in eval mode, the model's mode restored after."""
+    if batches is None or not hasattr(batches, "__iter__"):
+        raise TypeError("batches must be an iterable of (X, y) calibration batches")
+    was = model.training
+    model.eval()
+    weights = [m.weight for m in layers.values()]
+    count = 0
+    try:
+        for X, y in batches:
+            loss = nn.functional.cross_entropy(model(X), y)
+            grads = torch.autograd.grad(loss, weights)
+            count += 1
+            yield dict(zip(layers, grads))
+    finally:
+        model.train(was)
+    if count == 0:
+        raise ValueError("batches is empty: give at least one (X, y) calibration batch")
+
+
+def gradient(model: nn.Module, batches: Iterable) -> dict[str, torch.Tensor]:
+    """Mean over batches of |dL/dw|: how strongly the loss reacts to each weight (ignores its size)."""
+    layers = prunable_layers(model)
+    total = {n: torch.zeros_like(m.weight) for n, m in layers.items()}
+    n_batches = 0
+    for grads in _per_batch_grads(model, batches, layers):
+        n_batches += 1
+        for n, g in grads.items():
+            total[n] += g.abs()
+    return {n: t / n_batches for n, t in total.items()}
+
+
+def taylor(model: nn.Module, batches: Iterable) -> dict[str, torch.Tensor]:
+    """First-order Taylor estimate of the loss change when w is removed: mean over batches of |w * dL/dw|.
+
+    Molchanov et al., "Pruning Convolutional Neural Networks for Resource Efficient Inference",
+    arXiv:1611.06440 (and "Importance Estimation for Neural Network Pruning", arXiv:1906.10771).
+    """
+    layers = prunable_layers(model)
+    total = {n: torch.zeros_like(m.weight) for n, m in layers.items()}
+    n_batches = 0
+    for grads in _per_batch_grads(model, batches, layers):
+        n_batches += 1
+        for n, g in grads.items():
+            total[n] += (layers[n].weight.detach() * g).abs()
+    return {n: t / n_batches for n, t in total.items()}
+
+
+def obd(model: nn.Module, batches: Iterable) -> dict[str, torch.Tensor]:
+    """Optimal Brain Damage saliency 1/2 * h_ii * w^2 (LeCun, Denker & Solla, NeurIPS 1989).
+
+    The diagonal of the Hessian is approximated by the **empirical Fisher**: the mean over batches of the
+    squared batch gradient, h_ii ~ E[(dL/dw_i)^2]. It is positive by construction and exact only for a
+    model at a minimum of a log-likelihood loss; with few, large batches it underestimates curvature.
+    """
+    layers = prunable_layers(model)
+    fisher = {n: torch.zeros_like(m.weight) for n, m in layers.items()}
+    n_batches = 0
+    for grads in _per_batch_grads(model, batches, layers):
+        n_batches += 1
+        for n, g in grads.items():
+            fisher[n] += g.pow(2)
+    return {n: 0.5 * (f / n_batches) * layers[n].weight.detach().pow(2) for n, f in fisher.items()}
+
+
+def bn_scale(model: nn.Module) -> dict[str, torch.Tensor]:
+    """|gamma| of every BatchNorm channel: the channel-level criterion of network slimming.
+
+    Liu et al., "Learning Efficient Convolutional Networks through Network Slimming", arXiv:1708.06519.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    if not bns:
+        raise ValueError("model has no BatchNorm layers (bn_scale needs them)")
+    if any(m.weight is None for m in bns.values()):
+        raise ValueError("a BatchNorm layer has affine=False: it has no gamma to rank")
+    return {n: m.weight.detach().abs().clone() for n, m in bns.items()}

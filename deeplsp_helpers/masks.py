@@ -1,0 +1,132 @@
+"""Reference pruning masks at every granularity (chapter 01).
+
+Each function returns a float mask of the weight's shape, 1 = keep, 0 = prune. The asked ``sparsity``
+(fraction of zeros) is hit exactly in units of the granularity: ``round(sparsity * groups)`` groups are
+removed, ties at the threshold broken by position, so equal scores never make a mask miss its target.
+Scores are magnitudes: |w| for single weights, the Lp norm for groups, whatever the signs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["fine_grained_mask", "nm_mask", "vector_mask", "kernel_mask", "filter_mask", "channel_mask"]
+
+
+def _check_tensor(w, min_ndim: int = 1, exact_ndim: int | None = None, what: str = "weight") -> torch.Tensor:
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
+    if not w.is_floating_point():
+        raise TypeError(f"{what} must be a floating-point tensor, got {w.dtype}")
+    if exact_ndim is not None and w.ndim != exact_ndim:
+        raise ValueError(f"{what} must have {exact_ndim} dimensions, got shape {tuple(w.shape)}")
+    if w.ndim < min_ndim:
+        raise ValueError(f"{what} must have at least {min_ndim} dimension(s), got shape {tuple(w.shape)}")
+    if w.numel() == 0:
+        raise ValueError(f"{what} is empty")
+    return w.detach()
+
+
+def _check_sparsity(sparsity) -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) <= 1.0 \
+            or math.isnan(float(sparsity)):
+        raise ValueError(f"sparsity must be a number in [0, 1], got {sparsity!r}")
+    return float(sparsity)
+
+
+def _check_p(p) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
+        raise ValueError(f"p must be a positive number (1 for L1, 2 for L2), got {p!r}")
+    return float(p)
+
+
+def _keep_top(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """A 0/1 mask over the flat ``scores`` removing the ``round(sparsity * n)`` lowest (first index on ties)."""
+    flat = scores.flatten()
+    n_prune = round(sparsity * flat.numel())
+    mask = torch.ones_like(flat)
+    if n_prune:
+        order = torch.argsort(flat, stable=True)  # ascending; equal scores keep their index order
+        mask[order[:n_prune]] = 0.0
+    return mask.view(scores.shape)
+
+
+def fine_grained_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Remove the ``round(sparsity * numel)`` individual weights with the smallest |w|.
+
+    Magnitude pruning as in Han et al., "Learning both Weights and Connections for Efficient Neural
+    Networks", arXiv:1506.02626.
+    """
+    w = _check_tensor(w)
+    return _keep_top(w.abs(), _check_sparsity(sparsity)).to(w.dtype)
+
+
+def nm_mask(w: torch.Tensor, n: int = 2, m: int = 4, dim: int = -1) -> torch.Tensor:
+    """N:M sparsity: keep the ``n`` largest |w| in every run of ``m`` consecutive weights along ``dim``.
+
+    When the length along ``dim`` is not a multiple of ``m``, the last, shorter run of ``r`` weights keeps
+    ``min(n, r)``. 2:4 is the pattern NVIDIA's sparse tensor cores accelerate (Mishra et al.,
+    "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378).
+    """
+    w = _check_tensor(w)
+    for name, v in (("n", n), ("m", m)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if n > m:
+        raise ValueError(f"N:M needs n <= m, got n={n}, m={m}")
+    if not -w.ndim <= dim < w.ndim:
+        raise ValueError(f"dim {dim} is out of range for a {w.ndim}-D tensor")
+    moved = w.abs().movedim(dim, -1)                       # [..., L]
+    length = moved.shape[-1]
+    pad = (-length) % m
+    scores = torch.nn.functional.pad(moved, (0, pad), value=-math.inf) if pad else moved
+    groups = scores.reshape(-1, m)                         # [G, m]
+    # stable ranking inside each group: larger |w| first, then lower position first
+    order = torch.argsort(-groups, dim=1, stable=True)
+    keep = torch.zeros_like(groups)
+    keep.scatter_(1, order[:, :n], 1.0)
+    keep = keep.reshape(*scores.shape)[..., :length]       # drop the padding
+    return keep.movedim(-1, dim).contiguous().to(w.dtype)
+
+
+def _group_mask(w: torch.Tensor, sparsity: float, reduce_dims: tuple[int, ...], p: float) -> torch.Tensor:
+    scores = w.abs().pow(p).sum(dim=reduce_dims, keepdim=True)  # the p-th power of the Lp norm ranks alike
+    return _keep_top(scores, sparsity).expand_as(w).to(w.dtype).contiguous()
+
+
+def vector_mask(w: torch.Tensor, sparsity: float, dim: int = -1, p: float = 2) -> torch.Tensor:
+    """Remove whole vectors along ``dim`` (for a matrix and ``dim=-1``: rows), the lowest Lp norms first.
+
+    For a convolution weight ``[out, in, kh, kw]`` and ``dim=-1`` a vector is one row of a kernel.
+    """
+    w = _check_tensor(w, min_ndim=2)
+    if not -w.ndim <= dim < w.ndim:
+        raise ValueError(f"dim {dim} is out of range for a {w.ndim}-D tensor")
+    return _group_mask(w, _check_sparsity(sparsity), (dim % w.ndim,), _check_p(p))
+
+
+def kernel_mask(w: torch.Tensor, sparsity: float, p: float = 2) -> torch.Tensor:
+    """Remove whole 2-D kernels ``w[o, i]`` of a convolution weight ``[out, in, kh, kw]``, lowest Lp norm first."""
+    w = _check_tensor(w, exact_ndim=4, what="convolution weight [out, in, kh, kw]")
+    return _group_mask(w, _check_sparsity(sparsity), (2, 3), _check_p(p))
+
+
+def filter_mask(w: torch.Tensor, sparsity: float, p: float = 2) -> torch.Tensor:
+    """Remove whole filters ``w[o]`` (output channels; rows of a linear weight), lowest Lp norm first.
+
+    Filter pruning as in Li et al., "Pruning Filters for Efficient ConvNets", arXiv:1608.08710.
+    """
+    w = _check_tensor(w, min_ndim=2)
+    return _group_mask(w, _check_sparsity(sparsity), tuple(range(1, w.ndim)), _check_p(p))
+
+
+def channel_mask(w: torch.Tensor, sparsity: float, p: float = 2) -> torch.Tensor:
+    """Remove whole input channels ``w[:, i]`` (columns of a linear weight), lowest Lp norm first.
+
+    Channel pruning as in He et al., "Channel Pruning for Accelerating Very Deep Neural Networks",
+    arXiv:1707.06168 (which selects channels by reconstruction; here by norm).
+    """
+    w = _check_tensor(w, min_ndim=2)
+    return _group_mask(w, _check_sparsity(sparsity), (0,) + tuple(range(2, w.ndim)), _check_p(p))
