@@ -338,9 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the remaining Conv/Linear weights to zero, in [0, 1) (default 0.5)")
     p.add_argument("--latency-aware", action="store_true",
                    help="sensitivity-adaptive per-layer unstructured ratios instead of a uniform ratio")
-    p.add_argument("--costs", choices=("latency", "macs"), default="latency",
+    p.add_argument("--costs", choices=("latency", "macs", "none"), default="latency",
                    help="what channels are weighed by in structured pruning: each layer's measured latency share "
-                        "(default) or its MAC share (deterministic)")
+                        "(default), its MAC share (deterministic), or none (L1 magnitude alone)")
     p.add_argument("--distill", action="store_true",
                    help="fine-tune with knowledge distillation from the dense model (T=4, alpha=0.5)")
     p.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning epochs after each stage (default 1)")
@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
 
     pruned, rows = apply_combined_pruning(model, splits.val.X[:64], args.structured, args.unstructured,
                                           latency_aware=args.latency_aware, finetune=finetune, loaders=loaders,
-                                          threads=args.threads, cost_measure=args.costs)
+                                          threads=args.threads,
+                                          cost_measure=None if args.costs == "none" else args.costs)
     print(format_report(rows))
     path = save_pruned(pruned, args.model, args.out)
     again = load_pruned(path)

@@ -164,7 +164,7 @@ def test_cli_help_and_bad_options():
 def test_cli_prunes_reports_and_saves_a_model_that_loads(tmp_path):
     out = tmp_path / "lenet_pruned.pt"
     res = _cli("--model", "lenet", "--structured", "0.3", "--unstructured", "0.5", "--latency-aware",
-               "--finetune-epochs", "0", "--out", str(out))
+               "--costs", "none", "--finetune-epochs", "0", "--out", str(out))
     assert res.returncode == 0, res.stderr
     assert "final" in res.stdout and "dense" in res.stdout
     model = structured.load_pruned(out)
