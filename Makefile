@@ -8,7 +8,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: setup course test lab images checkpoints clean
+.PHONY: setup course test lab images checkpoints student html clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 	@$(PY) -m deeplsp_helpers.data setup
 
-## course: execute every notebook headless, top to bottom, in place, printing each one's wall time
+## course: execute every notebook headless, top to bottom, in place, printing each one's wall time;
+## then write RESULTS.md and the README's results table from the notebooks' own outputs
 course: setup
 	@total=0; for nb in $(NOTEBOOKS); do \
 	  start=$$(date +%s); \
@@ -28,11 +29,20 @@ course: setup
 	  secs=$$(( $$(date +%s) - start )); total=$$(( total + secs )); \
 	  printf '%-50s %4d s\n' "$$nb" "$$secs"; \
 	done; printf '%-50s %4d s\n' "all notebooks" "$$total"
+	$(PY) -m deeplsp_helpers.editions results
 
 ## test: lint, unit tests and every notebook under nbval
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+## student: the student edition, student/NN_….ipynb (solutions replaced by stubs, outputs cleared)
+student: $(STAMP)
+	$(PY) -m deeplsp_helpers.editions student
+
+## html: the executed course as a static site, site/index.html (fails if a notebook failed)
+html: $(STAMP)
+	$(PY) -m deeplsp_helpers.editions html
 
 ## lab: open the course in JupyterLab
 lab: setup
@@ -47,4 +57,4 @@ checkpoints: setup
 	$(PY) -m deeplsp_helpers.zoo train all
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache student site

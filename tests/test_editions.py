@@ -1,0 +1,139 @@
+"""Student edition, HTML course and RESULTS.md: generated from the executed notebooks, never by hand."""
+
+import ast
+import json
+import re
+import shutil
+
+import nbformat
+import pytest
+
+from deeplsp_helpers import checks, editions
+
+NOTEBOOKS = editions.chapter_notebooks()
+
+
+def _cells(nb, tag):
+    return [c for c in nb.cells if c.cell_type == "code" and tag in c.metadata.get("tags", [])]
+
+
+def _bodies(source):
+    """Every statement inside every function or method except docstrings, as normalised source."""
+    return {ast.unparse(stmt) for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) for stmt in node.body
+            if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant))}
+
+
+def test_stub_source_keeps_signatures_docstrings_and_imports():
+    source = '''import math
+
+
+@staticmethod
+def area(r,
+         pi=math.pi):
+    """Area of a disc."""
+    return pi * r * r
+
+
+class Scaler:
+    factor = 2
+
+    def __call__(self, x):
+        y = x * self.factor
+        return y
+'''
+    stub = editions.stub_source(source)
+    namespace = {}
+    exec(compile(stub, "stub", "exec"), namespace)
+    assert "import math" in stub and '"""Area of a disc."""' in stub and "factor = 2" in stub
+    assert "pi * r * r" not in stub and "x * self.factor" not in stub
+    for call in (lambda: namespace["area"](1.0), lambda: namespace["Scaler"]()(3)):
+        with pytest.raises(NotImplementedError, match="Exercise: write"):
+            call()
+
+
+@pytest.mark.parametrize("source", ["x = 1\n", "def f(): return 1\n", "for i in range(3):\n    pass\n"])
+def test_stub_source_refuses_what_it_cannot_stub(source):
+    with pytest.raises(ValueError):
+        editions.stub_source(source)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_chapter_has_exercises_with_checks_and_a_summary(path):
+    nb = nbformat.read(str(path), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    solutions = _cells(nb, "solution")
+    assert 3 <= len(solutions) <= 5
+    for cell in solutions:
+        following = code[code.index(cell) + 1]
+        assert following.source.startswith("checks.check_"), following.source[:80]
+    assert editions.headline(nb)
+    assert "find_spec(\"deeplsp_helpers\")" in code[0].source  # the open-anywhere first cell
+
+
+def test_student_edition_is_valid_has_no_solutions_and_fails_helpfully(tmp_path, capsys):
+    written = editions.write_student(out=tmp_path)
+    assert [p.name for p in written] == [p.name for p in NOTEBOOKS]
+    for original, student_path in zip(NOTEBOOKS, written):
+        nb, student = nbformat.read(str(original), 4), nbformat.read(str(student_path), 4)
+        nbformat.validate(student)
+        code = [c for c in student.cells if c.cell_type == "code"]
+        assert all(c.outputs == [] and c.execution_count is None for c in code)
+        namespace = {}
+        for cell in code:  # the notebook's imports only: enough to define the stubs and call the checks
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    exec(compile(ast.Module([node], []), "imports", "exec"), namespace)
+        for solution, stub in zip(_cells(nb, "solution"), _cells(student, "solution")):
+            assert not _bodies(solution.source) & _bodies(stub.source), stub.source
+            assert all(b.startswith("raise NotImplementedError(") for b in _bodies(stub.source)), stub.source
+            exec(compile(stub.source, student_path.name, "exec"), namespace)
+            check_call = code[code.index(stub) + 1].source.splitlines()[0]
+            with pytest.raises(checks.CheckFailed, match="not written yet") as info:
+                exec(check_call, namespace)
+            assert len(info.value._render_traceback_()) == 1, check_call
+    capsys.readouterr()
+
+
+def test_results_and_readme_table_come_from_the_notebooks(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{editions.RESULTS_BEGIN}\nold table\n{editions.RESULTS_END}\nrest\n")
+    out = editions.write_results(out=tmp_path / "RESULTS.md", readme=readme)
+    text, table = out.read_text(), readme.read_text()
+    for path in NOTEBOOKS:
+        nb = nbformat.read(str(path), 4)
+        assert f"## {path.stem}" in text and editions.summary_text(nb) in text
+        assert editions.headline(nb) in table
+        assert editions.wall_time(nb) > 0
+    assert "old table" not in table and table.startswith("intro\n") and table.endswith("rest\n")
+
+
+def test_html_course_opens_from_disk(tmp_path):
+    index = editions.write_html(out=tmp_path / "site")
+    pages = sorted(p.name for p in index.parent.glob("[0-9][0-9]_*.html"))
+    assert pages == [p.stem + ".html" for p in NOTEBOOKS]
+    listing = index.read_text()
+    assert all(f'href="{page}"' in listing for page in pages)
+    for page in pages:
+        body = (index.parent / page).read_text()
+        assert "../images/" not in body and "data:image/png;base64" in body
+        for ref in set(re.findall(r'src="(images/[^"]+)"', body)):
+            assert (index.parent / ref).is_file(), ref
+
+
+def test_html_refuses_a_notebook_that_failed(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(NOTEBOOKS[0], tmp_path / "notebooks" / NOTEBOOKS[0].name)
+    nb = json.loads((tmp_path / "notebooks" / NOTEBOOKS[0].name).read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    code[-1]["outputs"] = [{"output_type": "error", "ename": "AssertionError", "evalue": "", "traceback": []}]
+    (tmp_path / "notebooks" / NOTEBOOKS[0].name).write_text(json.dumps(nb))
+    with pytest.raises(RuntimeError, match="AssertionError"):
+        editions.write_html(root=tmp_path, out=tmp_path / "site")
+    assert editions.main(["html", "--root", str(tmp_path), "--out", str(tmp_path / "site")]) == 1
+
+
+def test_cli_rejects_an_unknown_edition():
+    with pytest.raises(SystemExit) as info:
+        editions.main(["pdf"])
+    assert info.value.code == 2
