@@ -46,7 +46,7 @@ def _tags(cell) -> list[str]:
     return list(cell.get("metadata", {}).get("tags", []))
 
 
-def _stub_def(node, lines: list[str]) -> list[str]:
+def _stub_def(node, lines: list[str], owner: str = "") -> list[str]:
     """A function (or method) with its signature and docstring kept and its body replaced by the stub."""
     first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
     body = node.body
@@ -55,7 +55,7 @@ def _stub_def(node, lines: list[str]) -> list[str]:
     keep_to = body[0].end_lineno if (isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
                                      and isinstance(body[0].value.value, str)) else body[0].lineno - 1
     indent = " " * body[0].col_offset
-    return lines[first - 1:keep_to] + [indent + STUB.format(name=node.name)]
+    return lines[first - 1:keep_to] + [indent + STUB.format(name=owner + node.name)]
 
 
 def stub_source(source: str) -> str:
@@ -75,11 +75,13 @@ def stub_source(source: str) -> str:
             out += lines[first - 1:node.body[0].lineno - 1]
             for item in node.body:
                 if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    out += _stub_def(item, lines)
+                    out += _stub_def(item, lines, owner=f"{node.name}.")
                 elif isinstance(item, (ast.Assign, ast.AnnAssign, ast.Expr)):
                     out += lines[item.lineno - 1:item.end_lineno]
                 else:
                     raise ValueError(f"class {node.name}: only methods and attributes can be stubbed")
+                out.append("")
+            out.pop()
         else:
             raise ValueError(f"a solution cell may hold only imports, functions and classes; line {node.lineno} "
                              f"is a {type(node).__name__}")
@@ -155,8 +157,10 @@ def write_html(root: Path | str = ROOT, out: Path | str | None = None) -> Path:
         problems = executed_problems(nb)
         if problems:
             raise RuntimeError(f"{path.name}: " + "; ".join(problems))
-        body, _ = exporter.from_notebook_node(nb)
+        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": _title(nb)}})
         body = body.replace('src="../images/', 'src="images/').replace('href="../images/', 'href="images/')
+        body = re.sub(r"(<body[^>]*>)", r'\1<p style="margin:1em 2em"><a href="index.html">← course index</a></p>',
+                      body, count=1)
         body = re.sub(r'href="(\d\d_[\w-]+)\.ipynb', r'href="\1.html', body)
         (out / f"{path.stem}.html").write_text(body, encoding="utf-8")
         rows.append((path.stem, _title(nb), wall_time(nb)))

@@ -116,7 +116,7 @@ def test_html_course_opens_from_disk(tmp_path):
     assert all(f'href="{page}"' in listing for page in pages)
     for page in pages:
         body = (index.parent / page).read_text()
-        assert "../images/" not in body and "data:image/png;base64" in body
+        assert "../images/" not in body and "data:image/png;base64" in body and 'href="index.html"' in body
         for ref in set(re.findall(r'src="(images/[^"]+)"', body)):
             assert (index.parent / ref).is_file(), ref
 
