@@ -69,6 +69,14 @@ def _number(x):
     return x.item() if isinstance(x, torch.Tensor) and x.numel() == 1 else x
 
 
+def _compare_numbers(name, fn, cases, want, hint):
+    """``fn(*args)`` must be the number ``want(*args)`` for every argument tuple in ``cases``."""
+    for args in cases:
+        expected, got = want(*args), _number(_call(name, fn, *args))
+        _expect(_close(got, expected), f"{name}{args} should be {expected:.6f} ({hint}), got {got!r}")
+    _passed(name, len(cases))
+
+
 def _tiny_mlp(seed=0, sizes=(12, 7, 3)):
     torch.manual_seed(seed)
     return nn.Sequential(OrderedDict(hidden=nn.Linear(sizes[0], sizes[1]), act=nn.ReLU(),
@@ -159,13 +167,9 @@ def check_row_nm_ok(row_nm_ok):
 def check_csr_break_even(csr_break_even):
     """csr_break_even(rows, cols): the sparsity above which CSR (32-bit values, indices) beats dense."""
     _callable(csr_break_even, "csr_break_even")
-    cases = [(128, 1152), (7, 3), (1000, 10), (1, 1), (3, 500)]
-    for rows, cols in cases:
-        want = 1 - (32 * rows * cols - 32 * (rows + 1)) / (64 * rows * cols)
-        got = _number(_call("csr_break_even", csr_break_even, rows, cols))
-        _expect(_close(got, want), f"csr_break_even({rows}, {cols}) should be {want:.6f} (the row-pointer array "
-                                   f"has rows + 1 entries), got {got!r}")
-    _passed("csr_break_even", len(cases))
+    _compare_numbers("csr_break_even", csr_break_even, [(128, 1152), (7, 3), (1000, 10), (1, 1), (3, 500)],
+                     lambda rows, cols: 1 - (32 * rows * cols - 32 * (rows + 1)) / (64 * rows * cols),
+                     "the row-pointer array has rows + 1 entries")
 
 
 def check_fine_grained_mask(fine_grained_mask):
@@ -465,12 +469,9 @@ def check_global_sparsity(global_sparsity):
     _callable(global_sparsity, "global_sparsity")
     cases = [({"a": 0.9, "b": 0.1}, {"a": 1000, "b": 10}), ({"a": 0.5}, {"a": 7}),
              ({"x": 0.0, "y": 0.99, "z": 0.5}, {"x": 50, "y": 5, "z": 500, "unused": 10_000})]
-    for ratios, sizes in cases:
-        want = sum(r * sizes[k] for k, r in ratios.items()) / sum(sizes[k] for k in ratios)
-        got = _number(_call("global_sparsity", global_sparsity, ratios, sizes))
-        _expect(_close(got, want), f"global_sparsity({ratios}, {sizes}) should be {want:.6f} (weighted by the "
-                                   f"sizes of the layers in ratios), got {got!r}")
-    _passed("global_sparsity", len(cases))
+    _compare_numbers("global_sparsity", global_sparsity, cases,
+                     lambda ratios, sizes: sum(r * sizes[k] for k, r in ratios.items()) / sum(sizes[k] for k in ratios),
+                     "weighted by the sizes of the layers in ratios")
 
 
 def check_speedup(speedup):

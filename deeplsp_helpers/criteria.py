@@ -64,16 +64,21 @@ def _per_batch_grads(model: nn.Module, batches: Iterable, layers: dict[str, nn.M
         raise ValueError("batches is empty: give at least one (X, y) calibration batch")
 
 
-def gradient(model: nn.Module, batches: Iterable) -> dict[str, torch.Tensor]:
-    """Mean over batches of |dL/dw|: how strongly the loss reacts to each weight (ignores its size)."""
+def _batch_mean(model: nn.Module, batches: Iterable, term) -> dict[str, torch.Tensor]:
+    """Mean over batches of ``term(w, dL/dw)`` for every prunable layer (w detached)."""
     layers = prunable_layers(model)
     total = {n: torch.zeros_like(m.weight) for n, m in layers.items()}
     n_batches = 0
     for grads in _per_batch_grads(model, batches, layers):
         n_batches += 1
         for n, g in grads.items():
-            total[n] += g.abs()
+            total[n] += term(layers[n].weight.detach(), g)
     return {n: t / n_batches for n, t in total.items()}
+
+
+def gradient(model: nn.Module, batches: Iterable) -> dict[str, torch.Tensor]:
+    """Mean over batches of |dL/dw|: how strongly the loss reacts to each weight (ignores its size)."""
+    return _batch_mean(model, batches, lambda w, g: g.abs())
 
 
 def taylor(model: nn.Module, batches: Iterable) -> dict[str, torch.Tensor]:
@@ -82,14 +87,7 @@ def taylor(model: nn.Module, batches: Iterable) -> dict[str, torch.Tensor]:
     Molchanov et al., "Pruning Convolutional Neural Networks for Resource Efficient Inference",
     arXiv:1611.06440 (and "Importance Estimation for Neural Network Pruning", arXiv:1906.10771).
     """
-    layers = prunable_layers(model)
-    total = {n: torch.zeros_like(m.weight) for n, m in layers.items()}
-    n_batches = 0
-    for grads in _per_batch_grads(model, batches, layers):
-        n_batches += 1
-        for n, g in grads.items():
-            total[n] += (layers[n].weight.detach() * g).abs()
-    return {n: t / n_batches for n, t in total.items()}
+    return _batch_mean(model, batches, lambda w, g: (w * g).abs())
 
 
 def obd(model: nn.Module, batches: Iterable) -> dict[str, torch.Tensor]:
@@ -99,14 +97,9 @@ def obd(model: nn.Module, batches: Iterable) -> dict[str, torch.Tensor]:
     squared batch gradient, h_ii ~ E[(dL/dw_i)^2]. It is positive by construction and exact only for a
     model at a minimum of a log-likelihood loss; with few, large batches it underestimates curvature.
     """
+    fisher = _batch_mean(model, batches, lambda w, g: g.pow(2))
     layers = prunable_layers(model)
-    fisher = {n: torch.zeros_like(m.weight) for n, m in layers.items()}
-    n_batches = 0
-    for grads in _per_batch_grads(model, batches, layers):
-        n_batches += 1
-        for n, g in grads.items():
-            fisher[n] += g.pow(2)
-    return {n: 0.5 * (f / n_batches) * layers[n].weight.detach().pow(2) for n, f in fisher.items()}
+    return {n: 0.5 * f * layers[n].weight.detach().pow(2) for n, f in fisher.items()}
 
 
 def bn_scale(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -21,9 +21,9 @@ from torch import nn
 from torch.nn.utils import prune
 
 from . import metrics
+from .criteria import prunable_layers
 from .latency import compare_latency, measure_latency
 from .structured import (
-    PRUNABLE,
     LatencyAwareImportance,
     collapse_channels,
     layer_costs,
@@ -36,15 +36,6 @@ __all__ = ["compute_sensitivity", "measure_latency", "collapse_channels", "Laten
            "structured_channel_pruning", "prune_latency_aware", "apply_unstructured_pruning",
            "remove_pruning_masks", "deployable_copy", "report_row", "apply_combined_pruning", "save_pruned", "load_pruned", "format_report"]
 
-
-
-def _prunable(model: nn.Module) -> dict[str, nn.Module]:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
-    if not layers:
-        raise ValueError("model has no Conv2d or Linear layers")
-    return layers
 
 
 def _check_ratio(value, name: str, upper: float = 1.0, inclusive: bool = False) -> float:
@@ -70,7 +61,7 @@ def compute_sensitivity(model: nn.Module, batches: Iterable | None = None, *, du
             ``input_shape`` (e.g. ``(8, 1, 28, 28)``). Its gradients describe noise, not the task.
     The model's gradients and mode are left untouched (gradients come from ``torch.autograd.grad``).
     """
-    layers = _prunable(model)
+    layers = prunable_layers(model)
     if dummy:
         if not input_shape or not all(isinstance(d, int) and d > 0 for d in input_shape) or len(input_shape) < 2:
             raise ValueError("dummy=True needs input_shape, a batch shape such as (8, 1, 28, 28)")
@@ -155,7 +146,7 @@ def prune_latency_aware(model: nn.Module, sensitivities, target_sparsity: float,
     sparsity over all these weights, weighted by their sizes, equals ``target_sparsity``.
     Returns ``{layer: ratio}``.
     """
-    layers = _prunable(model)
+    layers = prunable_layers(model)
     target = _check_ratio(target_sparsity, "target_sparsity", upper=max_ratio, inclusive=True)
     if not isinstance(alpha, (int, float)) or not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha!r}")
@@ -170,7 +161,7 @@ def prune_latency_aware(model: nn.Module, sensitivities, target_sparsity: float,
 def apply_unstructured_pruning(model: nn.Module, amount: float) -> nn.Module:
     """Uniform L1 unstructured pruning: ``amount`` of each Conv2d/Linear weight set to zero (with masks)."""
     amount = _check_ratio(amount, "amount", inclusive=True)
-    for m in _prunable(model).values():
+    for m in prunable_layers(model).values():
         prune.l1_unstructured(m, "weight", amount=amount)
     return model
 
@@ -253,7 +244,7 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
         per stage, each with params, non-zero params, MACs, accuracy, and latency at bs 1 / 64 with the
         speed-up over the input model measured in the same run.
     """
-    _prunable(model)
+    prunable_layers(model)
     s_ratio = _check_ratio(structured_ratio, "structured_ratio")
     u_ratio = _check_ratio(unstructured_ratio, "unstructured_ratio", upper=0.99, inclusive=True)
     if not isinstance(example_inputs, torch.Tensor) or example_inputs.ndim != 4:
