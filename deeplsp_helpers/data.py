@@ -122,14 +122,21 @@ def find_data_root(root: str | os.PathLike | None = None, *, download: bool = Tr
 
 
 class ImageTensorDataset(Dataset):
-    """Normalised images ``X`` [N,1,28,28] (float32) and labels ``y`` [N] (int64), held in memory."""
+    """Normalised images ``X`` [N,1,28,28] (float32) and labels ``y`` [N] (int64), held in memory.
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, classes=CLASSES):
+    ``soft`` (optional, [N, classes]) holds a teacher's logits for each image, computed once by
+    :func:`deeplsp_helpers.train.with_teacher_outputs`; a :class:`BatchLoader` then yields
+    ``(X, y, soft)`` batches and training distils from them without running the teacher again.
+    """
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, classes=CLASSES, soft: torch.Tensor | None = None):
         if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
             raise TypeError("X and y must be tensors")
         if X.ndim != 4 or y.ndim != 1 or len(X) != len(y):
             raise ValueError(f"expected X [N,C,H,W] and y [N]; got {tuple(X.shape)} and {tuple(y.shape)}")
-        self.X, self.y, self.classes = X, y, tuple(classes)
+        if soft is not None and (not isinstance(soft, torch.Tensor) or soft.ndim != 2 or len(soft) != len(y)):
+            raise ValueError("soft must be a [N, classes] tensor of teacher logits, one row per image")
+        self.X, self.y, self.classes, self.soft = X, y, tuple(classes), soft
 
     def __len__(self) -> int:
         return len(self.y)
@@ -191,13 +198,15 @@ def subset(dataset: ImageTensorDataset, n: int, seed: int = 0) -> ImageTensorDat
     if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= len(dataset):
         raise ValueError(f"n must be an int in 1..{len(dataset)}, got {n!r}")
     idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    return ImageTensorDataset(dataset.X[idx], dataset.y[idx], dataset.classes)
+    soft = dataset.soft[idx] if dataset.soft is not None else None
+    return ImageTensorDataset(dataset.X[idx], dataset.y[idx], dataset.classes, soft)
 
 
 class BatchLoader:
     """Batches straight from in-memory tensors: much faster than a DataLoader over PIL images.
 
     Each pass with ``shuffle=True`` uses a new, reproducible order (``seed`` + pass number).
+    Batches are ``(X, y)``, or ``(X, y, soft)`` when the dataset carries teacher logits.
     """
 
     def __init__(self, dataset: ImageTensorDataset, batch_size: int = 128, shuffle: bool = False,
@@ -220,13 +229,11 @@ class BatchLoader:
             self._epoch += 1
         else:
             order = None
+        tensors = (self.dataset.X, self.dataset.y) + ((self.dataset.soft,) if self.dataset.soft is not None else ())
         for b in range(len(self)):
             sl = slice(b * self.batch_size, min(n, (b + 1) * self.batch_size))
-            if order is None:
-                yield self.dataset.X[sl], self.dataset.y[sl]
-            else:
-                idx = order[sl]
-                yield self.dataset.X[idx], self.dataset.y[idx]
+            idx = sl if order is None else order[sl]
+            yield tuple(t[idx] for t in tensors)
 
 
 class Loaders(NamedTuple):

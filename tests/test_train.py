@@ -126,3 +126,51 @@ def test_fine_tuning_with_a_teacher_moves_the_student_towards_it(small):
     assert gaps["distilled"] < gaps["plain"]
     with pytest.raises(TypeError):
         train.fine_tune(student, small.train, teacher="dense")
+
+
+def test_training_runs_channels_last_inside_and_restores_the_format(small):
+    model = models.VGG(cfg=(8, "M", 16, "M"))
+    formats = []
+    model.features[0][0].register_forward_hook(
+        lambda m, i, o: formats.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
+    params = list(model.parameters())
+    train.fine_tune(model, small.train, num_epochs=1, lr=0.01, progress=False)
+    assert formats and all(formats)  # ran channels-last
+    assert all(p.is_contiguous() for p in model.parameters())  # and is back in its own format
+    assert all(a is b for a, b in zip(params, model.parameters()))  # the same Parameter objects
+
+
+def test_teacher_outputs_are_computed_once_and_give_the_same_training(splits):
+    sub = data.subset(splits.train, 512)
+    teacher = models.LeNet().eval()
+    calls = []
+    teacher.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    cached = train.with_teacher_outputs(teacher, sub)
+    assert cached.soft.shape == (512, 10) and sum(calls) == 512
+    with torch.no_grad():
+        assert torch.allclose(cached.soft[:7], teacher(sub.X[:7]), atol=1e-5)
+    calls.clear()
+
+    def run(loader, teacher=None):
+        torch.manual_seed(0)
+        student = models.LeNet()
+        train.fine_tune(student, loader, num_epochs=2, lr=0.01, teacher=teacher, progress=False)
+        return student.fc3.weight.detach().clone()
+
+    via_module = run(data.BatchLoader(sub, 128, shuffle=True), teacher)
+    assert sum(calls) == 512  # once for the subset, not once per batch of each epoch
+    calls.clear()
+    via_cache = run(data.BatchLoader(cached, 128, shuffle=True))
+    assert calls == []
+    assert torch.allclose(via_module, via_cache, atol=1e-5)
+    with pytest.raises(ValueError, match="already carries"):
+        train.fine_tune(models.LeNet(), data.BatchLoader(cached, 128), teacher=teacher, progress=False)
+
+
+def test_subset_keeps_teacher_outputs_and_evaluate_ignores_them(splits):
+    cached = train.with_teacher_outputs(models.LeNet(), data.subset(splits.val, 300))
+    part = data.subset(cached, 100, seed=1)
+    assert part.soft is not None and part.soft.shape == (100, 10)
+    assert 0 <= train.evaluate(models.LeNet(), data.BatchLoader(part, 50)) <= 100
+    with pytest.raises(TypeError):
+        train.with_teacher_outputs(models.LeNet(), splits.val.X)
