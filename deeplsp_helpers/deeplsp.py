@@ -1,15 +1,20 @@
 """The DeepLSP pipeline: sensitivity, measured latency, structured channel pruning, sensitivity-adaptive
 unstructured pruning, mask removal, and a per-stage report. Chapter 06 builds it step by step.
 
+"DeepLSP" is the name of the seed script this course grew from: *Deep* networks, *L*atency-aware
+*S*tructured and unstructured *P*runing. Its latency-aware part is the structured stage pruned to a
+requested speed-up with a measured latency table (:mod:`deeplsp_helpers.speedup`); its unstructured
+stage is sensitivity-adaptive (:func:`prune_sensitivity_adaptive`, which the seed called
+``prune_latency_aware``: that name is kept as an alias, although no latency is involved there).
+
 CLI::
 
-    python -m deeplsp_helpers.deeplsp --model vgg --structured 0.5 --unstructured 0.5 \\
-        --finetune-epochs 1 --out pruned.pt
+    python -m deeplsp_helpers.deeplsp --model vgg --target-speedup 2.5 --batch-size 1 --unstructured 0.5 \\
+        --sensitivity-adaptive --finetune-epochs 1 --out pruned.pt
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import sys
@@ -20,22 +25,13 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune
 
-from . import metrics
+from . import criteria, metrics
 from .criteria import prunable_layers
-from .latency import compare_latency, measure_latency
-from .structured import (
-    LatencyAwareImportance,
-    collapse_channels,
-    layer_costs,
-    load_pruned,
-    save_pruned,
-    structured_channel_pruning,
-)
+from .latency import compare_speedups
+from .structured import LatencyAwareImportance, structured_channel_pruning
 
-__all__ = ["compute_sensitivity", "measure_latency", "collapse_channels", "LatencyAwareImportance", "layer_costs",
-           "structured_channel_pruning", "prune_latency_aware", "apply_unstructured_pruning",
-           "remove_pruning_masks", "deployable_copy", "report_row", "apply_combined_pruning", "save_pruned", "load_pruned", "format_report"]
-
+__all__ = ["compute_sensitivity", "prune_sensitivity_adaptive", "prune_latency_aware", "apply_unstructured_pruning",
+           "remove_pruning_masks", "deployable_copy", "report_row", "apply_combined_pruning", "format_report"]
 
 
 def _check_ratio(value, name: str, upper: float = 1.0, inclusive: bool = False) -> float:
@@ -51,12 +47,14 @@ def compute_sensitivity(model: nn.Module, batches: Iterable | None = None, *, du
                         seed: int = 0) -> dict[str, float]:
     """Per-layer sensitivity: a 50/50 blend of mean |dL/dw| and mean |w|, each normalised over layers.
 
-    Both terms are divided by their sum over the model's Conv2d/Linear layers before blending, so the
-    gradient term (tiny numbers) and the weight term (larger numbers) weigh the same; the scores sum
-    to 1. Higher = more sensitive = prune less.
+    The gradient term is chapter 02's :func:`deeplsp_helpers.criteria.gradient`: |dL/dw| of each
+    batch, then the mean over batches (per-batch gradients of opposite sign must not cancel), then the
+    mean over the layer's weights. Both terms are divided by their sum over the model's Conv2d/Linear
+    layers before blending, so the gradient term (tiny numbers) and the weight term (larger numbers)
+    weigh the same; the scores sum to 1. Higher = more sensitive = prune less.
 
     Args:
-        batches: calibration batches ``(X, y)`` of real data (e.g. a few validation batches).
+        batches: calibration batches ``(X, y)`` of real data from the **training** split.
         dummy: reproduce the seed script instead: one random input and random targets of
             ``input_shape`` (e.g. ``(8, 1, 28, 28)``). Its gradients describe noise, not the task.
     The model's gradients and mode are left untouched (gradients come from ``torch.autograd.grad``).
@@ -69,25 +67,11 @@ def compute_sensitivity(model: nn.Module, batches: Iterable | None = None, *, du
         batches = [(torch.randn(*input_shape, generator=gen),
                     torch.randint(0, num_classes, (input_shape[0],), generator=gen))]
     elif batches is None:
-        raise ValueError("pass calibration batches of real data (e.g. validation batches), or dummy=True with input_shape")
-    weights = [m.weight for m in layers.values()]
-    device = weights[0].device
-    grads = [torch.zeros_like(w) for w in weights]
-    was = model.training
-    model.eval()
-    n = 0
-    try:
-        for X, y in batches:
-            loss = nn.functional.cross_entropy(model(X.to(device)), y.to(device))
-            for acc, g in zip(grads, torch.autograd.grad(loss, weights)):
-                acc += g
-            n += 1
-    finally:
-        model.train(was)
-    if n == 0:
-        raise ValueError("batches yielded nothing")
-    g_mean = torch.stack([(g / n).abs().mean() for g in grads])
-    w_mean = torch.stack([w.detach().abs().mean() for w in weights])
+        raise ValueError("pass calibration batches of real data (from the training split), "
+                         "or dummy=True with input_shape")
+    grads = criteria.gradient(model, batches)
+    g_mean = torch.stack([grads[n].mean() for n in layers])
+    w_mean = torch.stack([m.weight.detach().abs().mean() for m in layers.values()])
     score = 0.5 * g_mean / g_mean.sum().clamp_min(1e-30) + 0.5 * w_mean / w_mean.sum().clamp_min(1e-30)
     return {name: float(s) for name, s in zip(layers, score)}
 
@@ -135,8 +119,8 @@ def _ratios_for(sens: dict[str, float], sizes: dict[str, int], target: float, ma
     return ratios(hi)
 
 
-def prune_latency_aware(model: nn.Module, sensitivities, target_sparsity: float, *, max_ratio: float = 0.99,
-                        alpha: float = 1.0) -> dict[str, float]:
+def prune_sensitivity_adaptive(model: nn.Module, sensitivities, target_sparsity: float, *, max_ratio: float = 0.99,
+                               alpha: float = 1.0) -> dict[str, float]:
     """Sensitivity-adaptive L1 unstructured pruning of every Conv2d/Linear weight, in place (with masks).
 
     ``sensitivities`` is one ``{layer: score}`` map or a list of them (e.g. an "edge" map from a small
@@ -158,6 +142,11 @@ def prune_latency_aware(model: nn.Module, sensitivities, target_sparsity: float,
     return ratios
 
 
+prune_latency_aware = prune_sensitivity_adaptive
+"""The seed script's name for :func:`prune_sensitivity_adaptive` (kept so the seed's code still runs; it
+involves no latency: the ratios come from sensitivities alone)."""
+
+
 def apply_unstructured_pruning(model: nn.Module, amount: float) -> nn.Module:
     """Uniform L1 unstructured pruning: ``amount`` of each Conv2d/Linear weight set to zero (with masks)."""
     amount = _check_ratio(amount, "amount", inclusive=True)
@@ -171,9 +160,9 @@ def remove_pruning_masks(model: nn.Module) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     for m in model.modules():
-        for hook in list(m._forward_pre_hooks.values()):
-            if isinstance(hook, prune.BasePruningMethod):
-                prune.remove(m, hook._tensor_name)
+        for name, _ in list(m.named_parameters(recurse=False)):
+            if name.endswith("_orig") and prune.is_pruned(m):
+                prune.remove(m, name[:-len("_orig")])
     return model
 
 
@@ -197,10 +186,11 @@ def deployable_copy(model: nn.Module) -> nn.Module:
 
 
 def report_row(stage: str, model: nn.Module, example_inputs: torch.Tensor, loaders, baseline: nn.Module,
-               threads: int = 1, repeats: int = 20) -> dict:
+               threads: int = 1, repeats: int = 20, with_test: bool = False) -> dict:
     """One report row for ``model`` as deployed (masks made permanent on a copy): params, non-zero params,
-    MACs, validation/test accuracy (if ``loaders``), latency at bs 1 and 64 and the speed-up over
-    ``baseline``, measured interleaved with it so the ratio comes from one run."""
+    MACs, validation accuracy (if ``loaders``; test accuracy too if ``with_test``: report it once, at the end),
+    latency at bs 1 and 64 and the speed-up over ``baseline`` with its 95 % interval, measured interleaved
+    with it so the ratio comes from one run."""
     probe = deployable_copy(model)  # measure what would be deployed (masks add a multiplication per forward)
     row = {"stage": stage, "params": metrics.count_parameters(probe),
            "nonzero": metrics.count_parameters(probe, nonzero_only=True),
@@ -208,20 +198,32 @@ def report_row(stage: str, model: nn.Module, example_inputs: torch.Tensor, loade
     if loaders is not None:
         from .train import evaluate
 
-        row["val_acc"], row["test_acc"] = evaluate(probe, loaders.val), evaluate(probe, loaders.test)
+        row["val_acc"] = evaluate(probe, loaders.val)
+        if with_test:
+            row["test_acc"] = evaluate(probe, loaders.test)
     for bs in (1, 64):
         x = example_inputs[:bs] if len(example_inputs) >= bs else \
             example_inputs[:1].expand(bs, *example_inputs.shape[1:]).contiguous()
         n = repeats * 3 if bs == 1 else repeats  # bs-1 runs are short and noisier: take more of them
-        res = compare_latency({"base": baseline, "model": probe}, x, warmup=3, repeats=n, threads=threads)
-        row[f"lat{bs}_ms"] = res["model"].median_ms
-        row[f"lat{bs}_iqr"] = res["model"].iqr_ms
-        row[f"speedup{bs}"] = res["base"].median_ms / res["model"].median_ms
+        stats, speedups = compare_speedups({"base": baseline, "model": probe}, x, "base", warmup=3, repeats=n,
+                                           threads=threads)
+        row[f"lat{bs}_ms"] = stats["model"].median_ms
+        row[f"speedup{bs}"] = speedups["model"].median
+        row[f"speedup{bs}_interval"] = (speedups["model"].low, speedups["model"].high)
     return row
 
 
-def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, structured_ratio: float,
-                           unstructured_ratio: float, *, latency_aware: bool = False, sensitivities=None,
+def _calibration(loaders, n_batches: int = 4, batch_size: int = 128):
+    """A fixed set of calibration batches from the *training* split (never the validation images)."""
+    ds = loaders.train.dataset
+    return [(ds.X[i:i + batch_size], ds.y[i:i + batch_size]) for i in range(0, n_batches * batch_size, batch_size)]
+
+
+def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, structured_ratio: float | None = None,
+                           unstructured_ratio: float = 0.0, *, target_speedup: float | None = None,
+                           batch_size: int = 1, latency_table=None, cost: str = "latency",
+                           sensitivity_adaptive: bool = False, latency_aware: bool | None = None,
+                           sensitivities=None, calibration=None,
                            finetune: Callable[[nn.Module, str], None] | None = None, loaders=None,
                            report: bool | str = True, threads: int = 1, latency_repeats: int = 20,
                            cost_measure: str | None = "latency"):
@@ -229,59 +231,74 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
 
     Args:
         example_inputs: a batch [N, C, H, W] used for tracing and latency (bs 1 and 64 are derived from it).
-        latency_aware: sensitivity-adaptive unstructured ratios (:func:`prune_latency_aware`); the
-            sensitivities are ``sensitivities`` or, if None, computed on four validation batches.
+        structured_ratio: remove this fraction of the channels (global ranking; ``cost_measure`` picks what
+            :class:`~deeplsp_helpers.structured.LatencyAwareImportance` weighs them by: ``'latency'``,
+            ``'macs'`` or ``None`` for plain L1 magnitude). ``0`` or None: no channel pruning, unless
+        target_speedup: remove channels until ``latency_table`` (measured at ``batch_size`` if None) predicts
+            this speed-up at ``batch_size`` (:func:`deeplsp_helpers.speedup.prune_to_speedup`; ``cost`` is
+            ``'latency'``, ``'macs'`` or ``'none'``). Give one of the two.
+        sensitivity_adaptive: per-layer unstructured ratios from sensitivities
+            (:func:`prune_sensitivity_adaptive`); the sensitivities are ``sensitivities`` or, if None, computed
+            on ``calibration`` batches (default: the first 512 images of ``loaders.train``: training split).
+            ``latency_aware`` is the seed's name for this flag.
         finetune: ``finetune(model, stage)`` called after each stage (``'structured'``, ``'unstructured'``);
             during the second call the prune masks are still attached, so pruned weights stay zero.
-        loaders: ``data.Loaders`` for the report's validation/test accuracy (and the sensitivities).
+        loaders: ``data.Loaders`` for the report's validation accuracy (test accuracy: final row only).
         report: ``True`` measures every stage, ``'final'`` only the input and the result, ``False`` nothing.
-        cost_measure: what :class:`LatencyAwareImportance` weighs channels by: ``'latency'`` (each layer's
-            measured share, at batch size 1; it varies a little from run to run, and so can the pruned
-            widths), ``'macs'`` (deterministic), or ``None``: no cost weighting, channels ranked by their
-            L1 magnitude alone (Torch-Pruning's ``GroupMagnitudeImportance(p=1)``).
     Returns:
         ``(model, rows)``: the pruned model (a new object; the input is not modified) and one report row
-        per stage, each with params, non-zero params, MACs, accuracy, and latency at bs 1 / 64 with the
-        speed-up over the input model measured in the same run.
+        per stage (see :func:`report_row`).
     """
     prunable_layers(model)
-    s_ratio = _check_ratio(structured_ratio, "structured_ratio")
+    if latency_aware is not None:
+        sensitivity_adaptive = bool(latency_aware)
+    if target_speedup is not None and structured_ratio:
+        raise ValueError("give structured_ratio or target_speedup, not both")
+    s_ratio = _check_ratio(structured_ratio or 0.0, "structured_ratio")
     u_ratio = _check_ratio(unstructured_ratio, "unstructured_ratio", upper=0.99, inclusive=True)
     if not isinstance(example_inputs, torch.Tensor) or example_inputs.ndim != 4:
         raise TypeError("example_inputs must be a batch tensor [N, C, H, W]")
-    baseline = copy.deepcopy(model).eval()
-    pruned = copy.deepcopy(model).eval()
-    rows = []
-
     if cost_measure not in ("latency", "macs", None):
         raise ValueError(f"cost_measure must be 'latency', 'macs' or None, got {cost_measure!r}")
     if report not in (True, False, "final"):
         raise ValueError(f"report must be True (every stage), 'final' or False, got {report!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if sensitivity_adaptive and u_ratio > 0 and sensitivities is None and calibration is None and loaders is None:
+        raise ValueError("sensitivity_adaptive=True needs sensitivities, calibration batches or loaders")
+    baseline = copy.deepcopy(model).eval()
+    pruned = copy.deepcopy(model).eval()
+    rows = []
 
     def record(stage):
         if report is True or (report == "final" and stage in ("dense", "final")):
-            rows.append(report_row(stage, pruned, example_inputs, loaders, baseline, threads, latency_repeats))
+            rows.append(report_row(stage, pruned, example_inputs, loaders, baseline, threads, latency_repeats,
+                                   with_test=stage == "final"))
 
     record("dense")
-    if s_ratio > 0:
-        if cost_measure is None:
-            importance = tp.importance.GroupMagnitudeImportance(p=1)
+    if target_speedup is not None or s_ratio > 0:
+        if target_speedup is not None:
+            from .speedup import prune_to_speedup
+
+            x = example_inputs[:batch_size] if len(example_inputs) >= batch_size else \
+                example_inputs[:1].expand(batch_size, *example_inputs.shape[1:]).contiguous()
+            prune_to_speedup(pruned, x, target_speedup, latency_table, cost=cost, threads=threads)
         else:
-            importance = LatencyAwareImportance.from_model(pruned, example_inputs[:1], cost_measure, threads=threads,
-                                                           repeats=max(latency_repeats, 20))
-        structured_channel_pruning(pruned, example_inputs[:1], s_ratio, importance=importance)
+            if cost_measure is None:
+                importance = tp.importance.GroupMagnitudeImportance(p=1)
+            else:
+                importance = LatencyAwareImportance.from_model(pruned, example_inputs[:1], cost_measure,
+                                                               threads=threads, repeats=max(latency_repeats, 20))
+            structured_channel_pruning(pruned, example_inputs[:1], s_ratio, importance=importance)
         record("structured")
         if finetune is not None:
             finetune(pruned, "structured")
             record("structured + fine-tune")
     if u_ratio > 0:
-        if latency_aware:
+        if sensitivity_adaptive:
             if sensitivities is None:
-                if loaders is None:
-                    raise ValueError("latency_aware=True needs sensitivities or loaders to compute them")
-                batches = [b for _, b in zip(range(4), loaders.val)]
-                sensitivities = compute_sensitivity(pruned, batches)
-            prune_latency_aware(pruned, sensitivities, u_ratio)
+                sensitivities = compute_sensitivity(pruned, calibration or _calibration(loaders))
+            prune_sensitivity_adaptive(pruned, sensitivities, u_ratio)
         else:
             apply_unstructured_pruning(pruned, u_ratio)
         record("unstructured")
@@ -293,97 +310,20 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
 
 
 def format_report(rows: list[dict]) -> str:
-    """The per-stage report as a fixed-width table."""
+    """The per-stage report as a fixed-width table (speed-ups: median of per-round ratios over the input
+    model, measured interleaved with it; test accuracy only where the row has it)."""
     head = f"{'stage':24s} {'params':>9s} {'non-zero':>9s} {'MACs':>11s} {'val %':>6s} {'test %':>6s} " \
            f"{'bs1 ms':>7s} {'x':>5s} {'bs64 ms':>8s} {'x':>5s}"
     lines = [head, "-" * len(head)]
     for r in rows:
+        test = f"{r['test_acc']:6.2f}" if "test_acc" in r else f"{'':6s}"
         lines.append(f"{r['stage']:24s} {r['params']:9,d} {r['nonzero']:9,d} {r['macs']:11,d} "
-                     f"{r.get('val_acc', float('nan')):6.2f} {r.get('test_acc', float('nan')):6.2f} "
+                     f"{r.get('val_acc', float('nan')):6.2f} {test} "
                      f"{r['lat1_ms']:7.3f} {r['speedup1']:5.2f} {r['lat64_ms']:8.2f} {r['speedup64']:5.2f}")
     return "\n".join(lines)
 
 
-def _ratio_arg(upper: float):
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not 0.0 <= v < upper or math.isnan(v):
-            raise argparse.ArgumentTypeError(f"{text} is outside [0, {upper:g})")
-        return v
-    return parse
+if __name__ == "__main__":  # python -m deeplsp_helpers.deeplsp: the command line lives in deeplsp_cli
+    from .deeplsp_cli import main
 
-
-def build_parser() -> argparse.ArgumentParser:
-    from .models import MODEL_NAMES
-
-    p = argparse.ArgumentParser(prog="python -m deeplsp_helpers.deeplsp",
-                                description="Prune a pretrained reference model with the DeepLSP pipeline, print "
-                                            "the per-stage report and save a deployable model.")
-    p.add_argument("--model", required=True, choices=MODEL_NAMES, help="which pretrained reference model to prune")
-    p.add_argument("--structured", type=_ratio_arg(1.0), default=0.5,
-                   help="fraction of channels to remove globally, in [0, 1) (default 0.5)")
-    p.add_argument("--unstructured", type=_ratio_arg(1.0), default=0.5,
-                   help="fraction of the remaining Conv/Linear weights to zero, in [0, 1) (default 0.5)")
-    p.add_argument("--latency-aware", action="store_true",
-                   help="sensitivity-adaptive per-layer unstructured ratios instead of a uniform ratio")
-    p.add_argument("--costs", choices=("latency", "macs", "none"), default="latency",
-                   help="what channels are weighed by in structured pruning: each layer's measured latency share "
-                        "(default), its MAC share (deterministic), or none (L1 magnitude alone)")
-    p.add_argument("--distill", action="store_true",
-                   help="fine-tune with knowledge distillation from the dense model (T=4, alpha=0.5)")
-    p.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning epochs after each stage (default 1)")
-    p.add_argument("--finetune-samples", type=int, default=10000,
-                   help="training samples used for fine-tuning (default 10000)")
-    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for latency measurement (default 1)")
-    p.add_argument("--out", required=True, help="file to write the pruned model to (loads with load_pruned)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.finetune_epochs < 0:
-        parser.error("--finetune-epochs must be >= 0")
-    if not 0 < args.finetune_samples <= 55000:
-        parser.error("--finetune-samples must be in 1..55000")
-    if args.threads < 1:
-        parser.error("--threads must be >= 1")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        parser.error("--lr must be a positive number")
-
-    from . import data, seed_everything, train, zoo
-
-    seed_everything(0)
-    splits = data.load_fashion_mnist()
-    loaders = data.make_loaders(splits, batch_size=128, train_subset=args.finetune_samples)
-    model = zoo.load_pretrained(args.model)
-
-    teacher = zoo.load_pretrained(args.model) if args.distill else None
-
-    def finetune(m, stage):
-        if args.finetune_epochs:
-            train.fine_tune(m, loaders.train, num_epochs=args.finetune_epochs, lr=args.lr, teacher=teacher,
-                            device="cpu")
-
-    pruned, rows = apply_combined_pruning(model, splits.val.X[:64], args.structured, args.unstructured,
-                                          latency_aware=args.latency_aware, finetune=finetune, loaders=loaders,
-                                          threads=args.threads,
-                                          cost_measure=None if args.costs == "none" else args.costs)
-    print(format_report(rows))
-    path = save_pruned(pruned, args.model, args.out)
-    again = load_pruned(path)
-    with torch.inference_mode():
-        same = torch.equal(again(splits.test.X[:64]), pruned(splits.test.X[:64]))
-    if not same:
-        print("error: the saved model does not reproduce the pruned model's outputs", file=sys.stderr)
-        return 1
-    print(f"saved to {path} (reloads with deeplsp_helpers.structured.load_pruned; outputs identical)")
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

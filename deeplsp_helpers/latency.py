@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-__all__ = ["LatencyStats", "measure_latency", "compare_latency"]
+__all__ = ["LatencyStats", "Speedup", "measure_latency", "compare_latency", "compare_speedups", "time_calls"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,39 @@ class LatencyStats:
 
     def __str__(self) -> str:
         return f"{self.median_ms:.3f} ms (IQR {self.iqr_ms:.3f}, n={self.runs}, threads={self.threads}, bs={self.batch_size})"
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """How many times faster a model ran than a baseline, from one interleaved run.
+
+    ``median`` is the median over rounds of ``baseline time / model time`` (both timed in the same round);
+    ``low``-``high`` is a 95 % bootstrap interval of that median. Call it "faster" only when ``low > 1``,
+    "slower" when ``high < 1``, and "no measurable speed-up" when the interval holds 1 (:meth:`verdict`).
+    """
+
+    median: float
+    low: float
+    high: float
+    rounds: int
+
+    def verdict(self) -> str:
+        if self.low > 1.0:
+            return "faster"
+        if self.high < 1.0:
+            return "slower"
+        return "no measurable speed-up"
+
+    def __str__(self) -> str:
+        return f"{self.median:.2f}x [{self.low:.2f}, {self.high:.2f}]"
+
+
+def _bootstrap_median(ratios: list[float], resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    r = torch.tensor(ratios, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(r), (resamples, len(r)), generator=gen)
+    medians = r[idx].median(dim=1).values
+    return float(torch.quantile(medians, 0.025)), float(torch.quantile(medians, 0.975))
 
 
 def _validate(model, inputs, warmup, repeats, threads):
@@ -60,31 +93,64 @@ def compare_latency(models: dict[str, nn.Module], inputs: torch.Tensor, warmup: 
     Each model is put in eval mode and run under ``torch.inference_mode``; the first ``warmup``
     calls are never timed; the thread count and each model's mode are restored afterwards.
     """
+    times = _interleaved(models, inputs, warmup, repeats, threads)
+    return {k: _stats(v, threads, inputs.shape[0]) for k, v in times.items()}
+
+
+def compare_speedups(models: dict[str, nn.Module], inputs: torch.Tensor, baseline: str, warmup: int = 10,
+                     repeats: int = 50, threads: int = 1) -> tuple[dict[str, LatencyStats], dict[str, Speedup]]:
+    """:func:`compare_latency` plus each model's :class:`Speedup` over ``models[baseline]``, with its spread.
+
+    Put a second copy of the baseline among ``models`` to see the noise floor: its speed-up should
+    come out as "no measurable speed-up".
+    """
+    if not isinstance(models, dict) or baseline not in models:
+        raise ValueError(f"baseline must name one of the models, got {baseline!r}")
+    times = _interleaved(models, inputs, warmup, repeats, threads)
+    base = times[baseline]
+    speedups = {}
+    for k, v in times.items():
+        ratios = [b / t for b, t in zip(base, v)]
+        low, high = _bootstrap_median(ratios)
+        speedups[k] = Speedup(statistics.median(ratios), low, high, len(ratios))
+    return {k: _stats(v, threads, inputs.shape[0]) for k, v in times.items()}, speedups
+
+
+def _interleaved(models, inputs, warmup, repeats, threads) -> dict[str, list[float]]:
     if not isinstance(models, dict) or not models:
         raise TypeError("models must be a non-empty dict {name: model}")
     for m in models.values():
         _validate(m, inputs, warmup, repeats, threads)
-    old_threads = torch.get_num_threads()
     modes = {k: m.training for k, m in models.items()}
-    times: dict[str, list[float]] = {k: [] for k in models}
     try:
-        torch.set_num_threads(threads)
         for m in models.values():
             m.eval()
+        samples = time_calls([lambda m=m: m(inputs) for m in models.values()], warmup, repeats, threads)
+    finally:
+        for k, m in models.items():
+            m.train(modes[k])
+    return dict(zip(models, samples))
+
+
+def time_calls(calls: list, warmup: int, repeats: int, threads: int) -> list[list[float]]:
+    """Seconds of each zero-argument callable, ``repeats`` rounds interleaved (one call of each per round)
+    after ``warmup`` untimed calls of each, under ``torch.inference_mode`` with ``threads`` threads."""
+    old_threads = torch.get_num_threads()
+    times: list[list[float]] = [[] for _ in calls]
+    try:
+        torch.set_num_threads(threads)
         with torch.inference_mode():
-            for m in models.values():
+            for f in calls:
                 for _ in range(warmup):
-                    m(inputs)
+                    f()
             for _ in range(repeats):
-                for k, m in models.items():
+                for k, f in enumerate(calls):
                     t0 = time.perf_counter()
-                    m(inputs)
+                    f()
                     times[k].append(time.perf_counter() - t0)
     finally:
         torch.set_num_threads(old_threads)
-        for k, m in models.items():
-            m.train(modes[k])
-    return {k: _stats(v, threads, inputs.shape[0]) for k, v in times.items()}
+    return times
 
 
 def measure_latency(model: nn.Module, inputs: torch.Tensor, warmup: int = 10, repeats: int = 50,

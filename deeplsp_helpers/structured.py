@@ -3,8 +3,10 @@
 - :func:`collapse_channels` removes output channels that contribute nothing downstream.
 - :class:`LatencyAwareImportance` scores channels by magnitude divided by their layer's latency share.
 - :func:`structured_channel_pruning` prunes globally to a ratio with it, then collapses dead channels.
-- :func:`save_pruned` / :func:`load_pruned` store a pruned model as tensors only (``weights_only=True``)
-  and rebuild its architecture from the tensor shapes.
+- ``target_speedup=`` prunes to a requested speed-up with a measured latency table instead
+  (:mod:`deeplsp_helpers.speedup`, :mod:`deeplsp_helpers.latency_model`).
+
+Saving and loading a pruned model: :mod:`deeplsp_helpers.serialization`.
 
 Torch-Pruning / DepGraph: Fang et al., "DepGraph: Towards Any Structural Pruning", arXiv:2301.12900.
 """
@@ -12,20 +14,14 @@ Torch-Pruning / DepGraph: Fang et al., "DepGraph: Towards Any Structural Pruning
 from __future__ import annotations
 
 import math
-import os
-import statistics
-import time
-from pathlib import Path
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from .files import atomic_write
-from .models import build_model
+from .latency_model import layer_costs
 
-__all__ = ["collapse_channels", "output_layers", "layer_costs", "LatencyAwareImportance",
-           "structured_channel_pruning", "save_pruned", "load_pruned"]
+__all__ = ["collapse_channels", "output_layers", "LatencyAwareImportance", "structured_channel_pruning"]
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
@@ -127,55 +123,6 @@ def collapse_channels(model: nn.Module, example_inputs: torch.Tensor, *, atol: f
     return removed
 
 
-def layer_costs(model: nn.Module, example_inputs: torch.Tensor, measure: str = "latency", *, warmup: int = 3,
-                repeats: int = 20, threads: int = 1) -> dict[nn.Module, float]:
-    """Each Conv2d/Linear layer's share of the model's cost, summing to 1.
-
-    ``measure='latency'`` times every layer with forward hooks (median over ``repeats`` runs after
-    ``warmup``, ``threads`` threads); ``measure='macs'`` counts its multiply-accumulates instead.
-    """
-    _check(model, example_inputs)
-    if measure not in ("latency", "macs"):
-        raise ValueError(f"measure must be 'latency' or 'macs', got {measure!r}")
-    layers = [m for m in model.modules() if isinstance(m, PRUNABLE)]
-    if not layers:
-        raise ValueError("model has no Conv2d or Linear layers")
-    samples: dict[nn.Module, list[float]] = {m: [] for m in layers}
-    macs: dict[nn.Module, float] = {}
-    start: dict[nn.Module, float] = {}
-
-    def pre(mod, inp):
-        start[mod] = time.perf_counter()
-
-    def post(mod, inp, out):
-        samples[mod].append(time.perf_counter() - start[mod])
-        if isinstance(mod, nn.Conv2d):
-            macs[mod] = out[0].numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
-        else:
-            macs[mod] = out[0].numel() * mod.in_features
-
-    hooks = [h for m in layers for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
-    old_threads, was = torch.get_num_threads(), model.training
-    try:
-        torch.set_num_threads(threads)
-        model.eval()
-        with torch.inference_mode():
-            for _ in range(warmup if measure == "latency" else 0):
-                model(example_inputs)
-            for s in samples.values():
-                s.clear()
-            for _ in range(repeats if measure == "latency" else 1):
-                model(example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        torch.set_num_threads(old_threads)
-        model.train(was)
-    raw = {m: statistics.median(samples[m]) for m in layers} if measure == "latency" else macs
-    total = sum(raw.values())
-    return {m: v / total for m, v in raw.items()}
-
-
 class LatencyAwareImportance(tp.importance.GroupMagnitudeImportance):
     """Channel magnitude (L1, normalised to mean 1 within its group) divided by the cost share of the
     layers the channel touches, so channels of costly layers are removed first in global pruning.
@@ -236,23 +183,39 @@ class _CappedImportance(tp.importance.Importance):
         return imp
 
 
-def structured_channel_pruning(model: nn.Module, example_inputs: torch.Tensor, pruning_ratio: float,
+def structured_channel_pruning(model: nn.Module, example_inputs: torch.Tensor, pruning_ratio: float | None = None,
                                importance=None, ignored_layers=None, iterative_steps: int = 1,
-                               round_to: int | None = None, max_pruning_ratio: float | None = None) -> nn.Module:
-    """Remove ``pruning_ratio`` of the channels globally, then collapse any channel left dead.
+                               round_to: int | None = None, max_pruning_ratio: float | None = None, *,
+                               target_speedup: float | None = None, latency_table=None,
+                               cost: str = "latency") -> nn.Module:
+    """Remove channels, then collapse any channel left dead: either a fraction of them, or as many as a
+    requested speed-up needs.
 
     Args:
-        importance: a Torch-Pruning importance; default :class:`LatencyAwareImportance` measured on
-            ``example_inputs``.
+        pruning_ratio: remove this fraction of the channels globally (Torch-Pruning's ``BasePruner``).
+        target_speedup: instead, remove channel groups in order of least importance lost per predicted
+            millisecond saved until ``latency_table`` (a :class:`~deeplsp_helpers.latency_model.LatencyTable`
+            measured at ``example_inputs``'s batch size; measured here if None) predicts this speed-up over the
+            dense model (:func:`deeplsp_helpers.speedup.prune_to_speedup`; ``cost`` picks latency, MACs or none).
+        importance: a Torch-Pruning importance; default for ``pruning_ratio``: :class:`LatencyAwareImportance`
+            measured on ``example_inputs``; for ``target_speedup``: L1 magnitude normalised within each group.
         ignored_layers: layers never pruned; default: the output layer(s), which fix the output shape.
         max_pruning_ratio: no group of coupled channels loses more than this fraction; default
-            ``max(0.65, pruning_ratio + 0.1)`` (at most 0.95), which keeps a latency-aware global ranking
-            from reducing one costly layer to a few channels.
+            ``max(0.65, pruning_ratio + 0.1)`` (at most 0.95) for a ratio, 0.75 for a speed-up.
     Returns:
         The same model, pruned in place.
     """
     _check(model, example_inputs)
-    if not isinstance(pruning_ratio, (int, float)) or not 0.0 <= pruning_ratio < 1.0:
+    if (pruning_ratio is None) == (target_speedup is None):
+        raise ValueError("give exactly one of pruning_ratio and target_speedup")
+    if target_speedup is not None:
+        from .speedup import prune_to_speedup
+
+        prune_to_speedup(model, example_inputs, target_speedup, latency_table, cost=cost, importance=importance,
+                         round_to=round_to, max_pruning_ratio=0.75 if max_pruning_ratio is None else max_pruning_ratio,
+                         ignored_layers=ignored_layers)
+        return model
+    if isinstance(pruning_ratio, bool) or not isinstance(pruning_ratio, (int, float)) or not 0.0 <= pruning_ratio < 1.0:
         raise ValueError(f"pruning_ratio must be in [0, 1), got {pruning_ratio!r}")
     if isinstance(iterative_steps, bool) or not isinstance(iterative_steps, int) or iterative_steps < 1:
         raise ValueError(f"iterative_steps must be an int >= 1, got {iterative_steps!r}")
@@ -266,7 +229,7 @@ def structured_channel_pruning(model: nn.Module, example_inputs: torch.Tensor, p
     if not isinstance(max_pruning_ratio, (int, float)) or not 0.0 < max_pruning_ratio < 1.0 \
             or pruning_ratio > max_pruning_ratio:
         raise ValueError(f"max_pruning_ratio must be in (pruning_ratio, 1), got {max_pruning_ratio!r}")
-    pruner = tp.pruner.MetaPruner(model, example_inputs, importance=_CappedImportance(importance, max_pruning_ratio),
+    pruner = tp.pruner.BasePruner(model, example_inputs, importance=_CappedImportance(importance, max_pruning_ratio),
                                   global_pruning=True,
                                   pruning_ratio=pruning_ratio, iterative_steps=iterative_steps,
                                   ignored_layers=ignored, round_to=round_to, max_pruning_ratio=max_pruning_ratio)
@@ -274,57 +237,3 @@ def structured_channel_pruning(model: nn.Module, example_inputs: torch.Tensor, p
         pruner.step()
     collapse_channels(model, example_inputs)
     return model
-
-
-def _rebuild(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """Resize every layer of a freshly built ``model`` to the shapes in ``state`` (a pruned state_dict)."""
-    for name, m in model.named_modules():
-        key = f"{name}.weight" if name else "weight"
-        if key not in state:
-            continue
-        w = state[key]
-        if isinstance(m, nn.Conv2d):
-            depthwise = m.groups > 1 and m.groups == m.in_channels
-            m.out_channels = w.shape[0]
-            m.groups = w.shape[0] if depthwise else m.groups
-            m.in_channels = w.shape[1] * m.groups
-        elif isinstance(m, nn.Linear):
-            m.out_features, m.in_features = w.shape
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.num_features = w.shape[0]
-        else:
-            continue
-        for pname, p in list(m.named_parameters(recurse=False)):
-            setattr(m, pname, nn.Parameter(torch.empty_like(state[f"{name}.{pname}"]), requires_grad=p.requires_grad))
-        for bname, b in list(m.named_buffers(recurse=False)):
-            if b is not None and f"{name}.{bname}" in state:
-                setattr(m, bname, torch.empty_like(state[f"{name}.{bname}"]))
-    model.load_state_dict(state)
-    return model
-
-
-def save_pruned(model: nn.Module, arch: str, path: str | os.PathLike) -> Path:
-    """Save a pruned model as ``{'arch': name, 'state_dict': tensors}``, atomically (temp file + rename).
-
-    Only tensors and a string are stored, so :func:`load_pruned` can use ``weights_only=True``
-    (a whole-model ``torch.save(model)`` would need ``weights_only=False``, which runs pickled code).
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    build_model(arch)  # validates the name
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    if any(k.endswith(("_orig", "_mask")) for k in state):
-        raise ValueError("model still has pruning masks; call remove_pruning_masks(model) before saving")
-    path = atomic_write(path, lambda f: torch.save({"arch": arch, "state_dict": state}, f))
-    return path
-
-
-def load_pruned(path: str | os.PathLike) -> nn.Module:
-    """Load a model written by :func:`save_pruned`: a fresh model of its ``arch`` resized to the saved shapes."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no pruned model at {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or "arch" not in blob or "state_dict" not in blob:
-        raise ValueError(f"{path} was not written by save_pruned (expected keys 'arch' and 'state_dict')")
-    return _rebuild(build_model(blob["arch"]), blob["state_dict"]).eval()

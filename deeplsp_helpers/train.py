@@ -74,11 +74,12 @@ def channels_last(model: nn.Module, enabled: bool = True):
         return
     tensors = [t for t in (*model.parameters(), *model.buffers()) if t.ndim == 4]
     was_cl = [t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in tensors]
-    model.to(memory_format=torch.channels_last)
+    with torch.inference_mode(False), torch.no_grad():  # never turn parameters into inference tensors
+        model.to(memory_format=torch.channels_last)
     try:
         yield True
     finally:
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():
             for t, cl in zip(tensors, was_cl):
                 if not cl:
                     t.data = t.data.contiguous()
@@ -89,7 +90,6 @@ def _to_input(X: torch.Tensor, device, cl: bool) -> torch.Tensor:
     return X.contiguous(memory_format=torch.channels_last) if cl and X.ndim == 4 else X
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | None = None) -> float:
     """Top-1 accuracy in percent, in eval mode, without gradients. The model's mode is restored.
 
@@ -102,7 +102,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
     model.eval()
     correct = total = 0
     try:
-        with channels_last(model, device.type == "cpu") as cl:
+        with channels_last(model, device.type == "cpu") as cl, torch.inference_mode():
             for batch in loader:
                 X, y = batch[0], batch[1]
                 y_hat = model(_to_input(X, device, cl))
@@ -115,13 +115,12 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
     return 100.0 * correct / total
 
 
-@torch.inference_mode()
 def _logits(model: nn.Module, X: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     was = model.training
     model.eval()
     device = _model_device(model)
     try:
-        with channels_last(model, device.type == "cpu") as cl:
+        with channels_last(model, device.type == "cpu") as cl, torch.inference_mode():
             return torch.cat([model(_to_input(X[i:i + batch_size], device, cl)).float().cpu()
                               for i in range(0, len(X), batch_size)])
     finally:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from deeplsp_helpers import data, deeplsp, metrics, models, structured
+from deeplsp_helpers import data, deeplsp, metrics, models, serialization
 
 X = torch.randn(8, 1, 28, 28)
 
@@ -111,9 +111,13 @@ def test_combined_pipeline_reports_every_stage_and_leaves_the_input_alone():
     final = rows[-1]
     assert final["params"] < rows[0]["params"] and final["nonzero"] < 0.55 * final["params"]
     assert abs(_weighted_sparsity(pruned) - 0.5) < 0.01
-    assert final["macs"] < rows[0]["macs"] and final["speedup1"] > 0
+    assert final["macs"] < rows[0]["macs"]
+    lo, hi = final["speedup1_interval"]
+    assert lo <= final["speedup1"] <= hi
+    assert "test_acc" not in final  # no loaders, no accuracy; test accuracy is only ever in the final row
     assert not any(k.endswith("_mask") for k in pruned.state_dict())
-    assert "stage" in deeplsp.format_report(rows)
+    report = deeplsp.format_report(rows).splitlines()
+    assert len(report) == 2 + len(rows) and report[2].startswith("dense") and report[-1].startswith("final")
 
 
 def test_combined_pipeline_validates(calib):
@@ -123,8 +127,13 @@ def test_combined_pipeline_validates(calib):
         deeplsp.apply_combined_pruning(models.LeNet(), X, 0.5, -0.1)
     with pytest.raises(TypeError):
         deeplsp.apply_combined_pruning(models.LeNet(), X[0], 0.5, 0.5)
-    with pytest.raises(ValueError, match="sensitivities or loaders"):
+    with pytest.raises(ValueError, match="sensitivities, calibration batches or loaders"):
         deeplsp.apply_combined_pruning(models.LeNet(), X, 0.0, 0.5, latency_aware=True, report=False)
+    with pytest.raises(ValueError, match="not both"):
+        deeplsp.apply_combined_pruning(models.VGG(), X, 0.5, 0.5, target_speedup=2.0, report=False)
+    for bad in (1.0, 0.5, -2, float("nan")):
+        with pytest.raises(ValueError, match="target_speedup"):
+            deeplsp.apply_combined_pruning(models.VGG(), X, None, 0.0, target_speedup=bad, report=False)
     with pytest.raises(ValueError, match="cost_measure"):
         deeplsp.apply_combined_pruning(models.LeNet(), X, 0.5, 0.5, report=False, cost_measure="flops")
 
@@ -148,8 +157,9 @@ def _cli(*args):
 def test_cli_help_and_bad_options():
     out = _cli("--help")
     assert out.returncode == 0
-    for opt in ("--model", "--structured", "--unstructured", "--latency-aware", "--costs", "--distill",
-                "--finetune-epochs", "--out"):
+    for opt in ("--model", "--structured", "--target-speedup", "--batch-size", "--unstructured",
+                "--sensitivity-adaptive", "--latency-aware", "--costs", "--distill", "--finetune-epochs", "--sparse",
+                "--out"):
         assert opt in out.stdout
     bad = _cli("--model", "vgg", "--structured", "1.5", "--out", "x.pt")
     assert bad.returncode == 2 and "outside [0, 1)" in bad.stderr
@@ -159,15 +169,35 @@ def test_cli_help_and_bad_options():
     assert bad.returncode == 2
     bad = _cli("--model", "lenet", "--costs", "flops", "--out", "x.pt")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    bad = _cli("--model", "vgg", "--unstructured", "0.995", "--out", "x.pt")  # rejected by the parser, not later
+    assert bad.returncode == 2 and "outside [0, 0.99]" in bad.stderr and "Traceback" not in bad.stderr
+    for speedup in ("1", "0.5", "nan"):
+        bad = _cli("--model", "vgg", "--target-speedup", speedup, "--out", "x.pt")
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    bad = _cli("--model", "vgg", "--structured", "0.5", "--target-speedup", "2", "--out", "x.pt")
+    assert bad.returncode == 2 and "not allowed with" in bad.stderr
+    bad = _cli("--model", "vgg", "--out", "/nonexistent-folder/x.pt")
+    assert bad.returncode == 2 and "writable folder" in bad.stderr
+
+
+def test_cli_errors_at_run_time_are_one_line_and_write_nothing(tmp_path):
+    out = tmp_path / "x.pt"
+    res = subprocess.run([sys.executable, "-m", "deeplsp_helpers.deeplsp", "--model", "lenet", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "DEEPLSP_DATA": str(tmp_path / "no-data")},
+                         cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("error:")
+    assert not out.exists()
 
 
 def test_cli_prunes_reports_and_saves_a_model_that_loads(tmp_path):
     out = tmp_path / "lenet_pruned.pt"
-    res = _cli("--model", "lenet", "--structured", "0.3", "--unstructured", "0.5", "--latency-aware",
-               "--costs", "none", "--finetune-epochs", "0", "--out", str(out))
+    res = _cli("--model", "lenet", "--structured", "0.3", "--unstructured", "0.5", "--sensitivity-adaptive",
+               "--costs", "none", "--finetune-epochs", "0", "--sparse", "--out", str(out))
     assert res.returncode == 0, res.stderr
     assert "final" in res.stdout and "dense" in res.stdout
-    model = structured.load_pruned(out)
+    model = serialization.load_pruned(out)
     assert model(X).shape == (8, 10)
     assert metrics.count_parameters(model, nonzero_only=True) < 0.5 * 44426
 
@@ -179,4 +209,4 @@ def test_cli_with_mac_costs_and_distillation(tmp_path):
     assert res.returncode == 0, res.stderr
     rows = [line.split() for line in res.stdout.splitlines() if line.startswith("final")]
     assert rows and float(rows[0][4]) > 50  # validation accuracy after distilled fine-tuning, far above chance
-    assert structured.load_pruned(out)(X).shape == (8, 10)
+    assert serialization.load_pruned(out)(X).shape == (8, 10)

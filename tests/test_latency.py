@@ -29,9 +29,42 @@ def test_first_call_is_never_timed_and_runs_are_under_inference_mode():
 
 def test_compare_latency_interleaves_and_ranks_models():
     small, big = nn.Linear(64, 64), nn.Sequential(*[nn.Linear(64, 64) for _ in range(30)])
+    order = []
+    small.register_forward_hook(lambda *a: order.append("small"))
+    big[0].register_forward_hook(lambda *a: order.append("big"))
     res = latency.compare_latency({"small": small, "big": big}, torch.randn(32, 64), warmup=2, repeats=15)
     assert set(res) == {"small", "big"}
     assert res["big"].median_ms > res["small"].median_ms
+    assert order[:4] == ["small", "small", "big", "big"]  # warm-up, model by model
+    assert order[4:] == ["small", "big"] * 15  # then one run of each per round
+
+
+class _Sleeper(nn.Module):
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x):
+        import time
+
+        time.sleep(self.seconds)
+        return x
+
+
+def test_speedups_carry_an_interval_and_a_verdict():
+    base, slow = _Sleeper(0.001), _Sleeper(0.004)
+    stats, speedups = latency.compare_speedups({"base": base, "same": base, "slow": slow}, torch.zeros(1, 1),
+                                               "base", warmup=1, repeats=15)
+    assert set(stats) == set(speedups) == {"base", "same", "slow"}
+    assert speedups["base"].median == speedups["base"].low == speedups["base"].high == 1.0
+    assert speedups["base"].verdict() == "no measurable speed-up"
+    s = speedups["slow"]
+    assert s.low <= s.median <= s.high < 1 and s.verdict() == "slower" and s.rounds == 15
+    assert str(s).startswith(f"{s.median:.2f}x [")
+    assert latency.Speedup(2.0, 1.5, 2.5, 10).verdict() == "faster"
+    assert latency.Speedup(1.1, 0.9, 1.3, 10).verdict() == "no measurable speed-up"
+    with pytest.raises(ValueError, match="baseline"):
+        latency.compare_speedups({"a": base}, torch.zeros(1, 1), "b")
 
 
 @pytest.mark.parametrize("kwargs", [dict(warmup=0), dict(repeats=2), dict(threads=0), dict(threads=1.5)])

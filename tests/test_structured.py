@@ -3,7 +3,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from deeplsp_helpers import metrics, models, structured
+from deeplsp_helpers import latency_model, metrics, models, serialization, structured
 
 X = torch.randn(4, 1, 28, 28)
 
@@ -108,15 +108,15 @@ def test_latency_aware_importance_divides_magnitude_by_cost():
 
 def test_layer_costs_sum_to_one_and_macs_match_torchprofile():
     model = models.VGG().eval()
-    macs = structured.layer_costs(model, X[:1], "macs")
+    macs = latency_model.layer_costs(model, X[:1], "macs")
     assert sum(macs.values()) == pytest.approx(1.0)
     c1, c2 = model.features[1][0], model.features[4][0]
     ratio = metrics.count_macs(c1, (32, 28, 28)) / metrics.count_macs(c2, (64, 14, 14))
     assert macs[c1] / macs[c2] == pytest.approx(ratio)
-    lat = structured.layer_costs(model, X[:1], "latency", repeats=5)
+    lat = latency_model.layer_costs(model, X[:1], "latency", repeats=5)
     assert sum(lat.values()) == pytest.approx(1.0) and all(v > 0 for v in lat.values())
     with pytest.raises(ValueError):
-        structured.layer_costs(model, X[:1], "flops")
+        latency_model.layer_costs(model, X[:1], "flops")
 
 
 @pytest.mark.parametrize("name", ["vgg", "resnet", "mobilenet"])
@@ -127,8 +127,8 @@ def test_structured_pruning_shrinks_and_saves_round_trip(name, tmp_path):
                                           importance=structured.LatencyAwareImportance.from_model(model, X[:1], "macs"))
     assert metrics.count_macs(model, X[:1]) < 0.6 * macs
     assert model(X).shape == (4, 10)
-    path = structured.save_pruned(model, name, tmp_path / "p.pt")
-    again = structured.load_pruned(path)
+    path = serialization.save_pruned(model, name, tmp_path / "p.pt")
+    again = serialization.load_pruned(path)
     assert torch.equal(again(X), model.eval()(X))
 
 
@@ -146,12 +146,12 @@ def test_save_and_load_errors(tmp_path):
     model = models.LeNet()
     prune.l1_unstructured(model.fc1, "weight", amount=0.5)
     with pytest.raises(ValueError, match="remove_pruning_masks"):
-        structured.save_pruned(model, "lenet", tmp_path / "m.pt")
+        serialization.save_pruned(model, "lenet", tmp_path / "m.pt")
     with pytest.raises(ValueError):
-        structured.save_pruned(models.LeNet(), "alexnet", tmp_path / "m.pt")
+        serialization.save_pruned(models.LeNet(), "alexnet", tmp_path / "m.pt")
     with pytest.raises(FileNotFoundError):
-        structured.load_pruned(tmp_path / "missing.pt")
+        serialization.load_pruned(tmp_path / "missing.pt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="save_pruned"):
-        structured.load_pruned(tmp_path / "other.pt")
+        serialization.load_pruned(tmp_path / "other.pt")
     assert not list(tmp_path.glob("*.tmp"))

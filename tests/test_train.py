@@ -174,3 +174,13 @@ def test_subset_keeps_teacher_outputs_and_evaluate_ignores_them(splits):
     assert 0 <= train.evaluate(models.LeNet(), data.BatchLoader(part, 50)) <= 100
     with pytest.raises(TypeError):
         train.with_teacher_outputs(models.LeNet(), splits.val.X)
+
+
+def test_a_model_evaluated_inside_inference_mode_can_still_be_trained(small):
+    model = models.VGG(cfg=(8, "M", 16, "M"))
+    with torch.inference_mode():
+        train.evaluate(model, small.val)
+    train.evaluate(model, small.val)
+    train.with_teacher_outputs(model, data.subset(small.train.dataset, 64))
+    assert not any(p.is_inference() for p in model.parameters())
+    train.fine_tune(model, small.train, num_epochs=1, lr=0.01, progress=False)  # would fail on inference tensors

@@ -1,0 +1,132 @@
+"""The DeepLSP pipeline's command line: ``python -m deeplsp_helpers.deeplsp`` (or ``.deeplsp_cli``).
+
+Prunes a pretrained reference model, prints the per-stage report and saves a deployable model. Every
+error is one line on stderr with exit code 2, and nothing is written unless the run succeeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import torch
+
+from .deeplsp import apply_combined_pruning, format_report
+from .serialization import load_pruned, save_pruned
+
+__all__ = ["build_parser", "main"]
+
+
+def _number_arg(low: float, high: float, *, low_open: bool = False, high_open: bool = True):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+        if math.isnan(v) or not ok:
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"{text} is outside {interval}")
+        return v
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models import MODEL_NAMES
+
+    p = argparse.ArgumentParser(prog="python -m deeplsp_helpers.deeplsp",
+                                description="Prune a pretrained reference model with the DeepLSP pipeline, print "
+                                            "the per-stage report and save a deployable model.")
+    p.add_argument("--model", required=True, choices=MODEL_NAMES, help="which pretrained reference model to prune")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--structured", type=_number_arg(0, 1), default=None,
+                     help="fraction of channels to remove globally, in [0, 1) (default 0.5 if no --target-speedup)")
+    how.add_argument("--target-speedup", type=_number_arg(1, math.inf, low_open=True), default=None,
+                     help="remove channels until a latency table of this machine predicts this speed-up (> 1)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="batch size at which --target-speedup is requested and the latency table measured (default 1)")
+    p.add_argument("--unstructured", type=_number_arg(0, 0.99, high_open=False), default=0.5,
+                   help="fraction of the remaining Conv/Linear weights to zero, in [0, 0.99] (default 0.5)")
+    p.add_argument("--sensitivity-adaptive", "--latency-aware", dest="sensitivity_adaptive", action="store_true",
+                   help="per-layer unstructured ratios from layer sensitivities instead of one uniform ratio "
+                        "(--latency-aware is the seed script's name for it)")
+    p.add_argument("--costs", choices=("latency", "macs", "none"), default="latency",
+                   help="what removing a channel is weighed by: measured latency (default), MACs, or none "
+                        "(L1 magnitude alone)")
+    p.add_argument("--distill", action="store_true",
+                   help="fine-tune with knowledge distillation from the dense model (T=4, alpha=0.5)")
+    p.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning epochs after each stage (default 1)")
+    p.add_argument("--finetune-samples", type=int, default=10000,
+                   help="training samples used for fine-tuning (default 10000)")
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for latency measurement (default 1)")
+    p.add_argument("--sparse", action="store_true",
+                   help="store zeros compactly in the saved file (bitmask + non-zero values)")
+    p.add_argument("--out", required=True, help="file to write the pruned model to (loads with load_pruned)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI. Every error is one line on stderr and exit code 2; the output file is written last, atomically."""
+    import os
+    from pathlib import Path
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.finetune_epochs < 0:
+        parser.error("--finetune-epochs must be >= 0")
+    if not 0 < args.finetune_samples <= 55000:
+        parser.error("--finetune-samples must be in 1..55000")
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error("--lr must be a positive number")
+    out_dir = Path(args.out).resolve().parent
+    if not out_dir.is_dir() or not os.access(out_dir, os.W_OK):
+        parser.error(f"cannot write --out {args.out}: {out_dir} is not a writable folder")
+    structured = 0.5 if args.structured is None and args.target_speedup is None else args.structured
+
+    from . import data, seed_everything, train, zoo
+
+    try:
+        seed_everything(0)
+        splits = data.load_fashion_mnist()
+        loaders = data.make_loaders(splits, batch_size=128, train_subset=args.finetune_samples)
+        model = zoo.load_pretrained(args.model)
+        teacher = zoo.load_pretrained(args.model) if args.distill else None
+    except (OSError, ValueError, RuntimeError) as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+    def finetune(m, stage):
+        if args.finetune_epochs:
+            train.fine_tune(m, loaders.train, num_epochs=args.finetune_epochs, lr=args.lr, teacher=teacher,
+                            device="cpu")
+
+    try:
+        pruned, rows = apply_combined_pruning(
+            model, splits.val.X[:64], structured, args.unstructured, target_speedup=args.target_speedup,
+            batch_size=args.batch_size, cost=args.costs, sensitivity_adaptive=args.sensitivity_adaptive,
+            finetune=finetune, loaders=loaders, threads=args.threads,
+            cost_measure=None if args.costs == "none" else args.costs)
+    except ValueError as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(format_report(rows))
+    path = save_pruned(pruned, args.model, args.out, sparse=args.sparse)
+    again = load_pruned(path)
+    with torch.inference_mode():
+        same = torch.equal(again(splits.test.X[:64]), pruned(splits.test.X[:64]))
+    if not same:
+        print("error: the saved model does not reproduce the pruned model's outputs", file=sys.stderr)
+        return 1
+    print(f"saved to {path} ({path.stat().st_size / 1024:.0f} KiB; reloads with "
+          "deeplsp_helpers.serialization.load_pruned; outputs identical)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""A latency model of this machine: each prunable layer's measured latency as a function of its widths.
+
+:meth:`LatencyTable.measure` times every Conv2d/Linear of a model *on its own*, at the input size it
+sees inside the model, for a grid of input and output widths (multiples of ``round_to``), one
+thread count, one batch size, cells interleaved round by round and the median kept. What the table
+does not cover (BatchNorm, activations, pooling, additions, Python overhead) is modelled as
+``a + b * (activation volume of the convolutions, relative to the dense model)``, with ``a`` and
+``b`` fitted on two whole models measured interleaved: the dense one and a copy with half of every
+layer's channels removed. :meth:`LatencyTable.predict` then predicts any pruned variant's latency
+from its layer widths, without running it.
+
+This is the per-layer "lookup table" latency model of NetAdapt (Yang et al., arXiv:1804.03230) and
+HALP (Shen et al., "Structural Pruning via Latency-Saliency Knapsack", arXiv:2210.06659).
+:func:`plan_to_speedup` (in :mod:`deeplsp_helpers.speedup`) uses it to prune to a requested speed-up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .files import atomic_write
+from .latency import time_calls
+
+__all__ = ["LatencyTable", "layer_widths", "table_layers", "layer_costs"]
+
+FORMAT = 1
+
+
+def table_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers a latency table covers: every Conv2d and Linear, by name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def _is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def layer_widths(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """``{layer name: (input width, output width)}`` of every Conv2d/Linear, read off its weight."""
+    out = {}
+    for name, m in table_layers(model).items():
+        if isinstance(m, nn.Conv2d):
+            out[name] = (m.weight.shape[1] * m.groups, m.weight.shape[0])
+        else:
+            out[name] = (m.weight.shape[1], m.weight.shape[0])
+    return out
+
+
+def _grid(full: int, fixed: bool, round_to: int, points: int) -> list[int]:
+    if fixed or full <= round_to:
+        return [full]
+    steps = full / round_to
+    vals = {min(full, round_to * max(1, round(1 + (steps - 1) * i / (points - 1)))) for i in range(points)}
+    return sorted(vals | {full})
+
+
+def _interp1(grid: list[int], x: float) -> tuple[int, int, float]:
+    """Indices (i, j) of the grid points around x and the weight of j (clamped at both ends)."""
+    if len(grid) == 1 or x <= grid[0]:
+        return 0, 0, 0.0
+    if x >= grid[-1]:
+        return len(grid) - 1, len(grid) - 1, 0.0
+    j = next(k for k, g in enumerate(grid) if g >= x)
+    i = j - 1
+    return i, j, (x - grid[i]) / (grid[j] - grid[i])
+
+
+def _input_shapes(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, list[int]]:
+    shapes: dict[str, list[int]] = {}
+    layers = table_layers(model)
+
+    def record(name):
+        def hook(mod, inp, out):
+            shapes.setdefault(name, [list(inp[0].shape), list(out.shape)])  # returns None: output unchanged
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in layers.items()]
+    was = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            model(example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    missing = set(layers) - set(shapes)
+    if missing:
+        raise ValueError(f"layers never called in the forward pass: {sorted(missing)}")
+    return shapes
+
+
+def _standalone(m: nn.Module, cin: int, cout: int) -> nn.Module:
+    if isinstance(m, nn.Conv2d):
+        groups = cin if _is_depthwise(m) else 1
+        if _is_depthwise(m):
+            cout = cin
+        return nn.Conv2d(cin, cout, m.kernel_size, m.stride, m.padding, m.dilation, groups, m.bias is not None,
+                         padding_mode=m.padding_mode).eval()
+    return nn.Linear(cin, cout, bias=m.bias is not None).eval()
+
+
+def time_interleaved(calls: list, warmup: int, repeats: int, threads: int) -> list[float]:
+    """Median milliseconds of each zero-argument callable, runs interleaved round by round."""
+    return [1e3 * statistics.median(s) for s in time_calls(calls, warmup, repeats, threads)]
+
+
+class LatencyTable:
+    """Measured per-layer latency of one model on this machine, at one batch size and thread count."""
+
+    def __init__(self, meta: dict, layers: dict[str, dict], residual: tuple[float, float]):
+        self.meta, self.layers, self.residual = meta, layers, (float(residual[0]), float(residual[1]))
+
+    # -- measuring ---------------------------------------------------------------------------------------------
+    @classmethod
+    def measure(cls, model: nn.Module, example_inputs: torch.Tensor, *, round_to: int = 8, grid_points: int = 5,
+                threads: int = 1, warmup: int = 3, repeats: int = 15, fixed: set[str] | None = None,
+                verbose: bool = False) -> "LatencyTable":
+        """Measure the table for ``model`` at the batch size of ``example_inputs``.
+
+        Args:
+            round_to: widths on the grid are multiples of this (the pruner keeps widths on it too).
+            grid_points: grid points per width dimension (the dense width is always one of them).
+            fixed: ``"name.in"`` / ``"name.out"`` dimensions that pruning never changes (e.g. the first
+                layer's input, the classifier's output); default: found with Torch-Pruning's dependency graph.
+        """
+        from .speedup import prunable_dims  # the dependency graph decides which widths can change
+
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(example_inputs, torch.Tensor) or example_inputs.ndim < 2:
+            raise TypeError("example_inputs must be a batch tensor [N, ...]")
+        for name, v, lo in (("round_to", round_to, 1), ("grid_points", grid_points, 2), ("threads", threads, 1),
+                            ("warmup", warmup, 1), ("repeats", repeats, 3)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        start = time.perf_counter()
+        layers = table_layers(model)
+        if not layers:
+            raise ValueError("model has no Conv2d or Linear layers")
+        shapes = _input_shapes(model, example_inputs)
+        movable = prunable_dims(model, example_inputs) if fixed is None else \
+            {f"{n}.{d}" for n in layers for d in ("in", "out")} - set(fixed)
+        dense = layer_widths(model)
+        entries, calls, cells = {}, [], []
+        for name, m in layers.items():
+            cin, cout = dense[name]
+            depthwise = _is_depthwise(m)
+            cin_grid = _grid(cin, f"{name}.in" not in movable and not depthwise, round_to, grid_points)
+            cout_grid = [0] if depthwise else _grid(cout, f"{name}.out" not in movable, round_to, grid_points)
+            in_shape, out_shape = shapes[name]
+            entries[name] = {"kind": type(m).__name__, "depthwise": depthwise, "dense": [cin, cout],
+                             "cin_grid": cin_grid, "cout_grid": cout_grid,
+                             "out_positions": math.prod(out_shape[2:]) if len(out_shape) > 2 else 1,
+                             "signature": _signature(m), "ms": [[0.0] * len(cout_grid) for _ in cin_grid]}
+            x_full = torch.randn(*in_shape)
+            for i, ci in enumerate(cin_grid):
+                x = x_full.narrow(1, 0, ci).contiguous()
+                for j, co in enumerate(cout_grid):
+                    mod = _standalone(m, ci, co or ci)
+                    calls.append(lambda mod=mod, x=x: mod(x))
+                    cells.append((name, i, j))
+        for (name, i, j), ms in zip(cells, time_interleaved(calls, warmup, repeats, threads)):
+            entries[name]["ms"][i][j] = ms
+        meta = {"format": FORMAT, "batch_size": int(example_inputs.shape[0]), "threads": threads,
+                "round_to": round_to, "torch": torch.__version__, "machine": _machine(),
+                "input_shape": list(example_inputs.shape[1:])}
+        table = cls(meta, entries, (0.0, 0.0))
+        table._fit_residual(model, example_inputs, warmup, repeats, threads, round_to)
+        table.meta["seconds"] = round(time.perf_counter() - start, 1)
+        if verbose:
+            print(f"latency table: {len(calls)} layer shapes measured in {table.meta['seconds']:.1f} s", flush=True)
+        return table
+
+    def _fit_residual(self, model, example_inputs, warmup, repeats, threads, round_to):
+        """Fit ``a + b * activation fraction`` for what the layers do not cover, on dense and half-width models."""
+        import copy
+
+        import torch_pruning as tp
+
+        from .structured import output_layers
+
+        half = copy.deepcopy(model).eval()
+        pruner = tp.pruner.BasePruner(half, example_inputs[:1], importance=tp.importance.GroupMagnitudeImportance(p=1),
+                                      pruning_ratio=0.5, ignored_layers=output_layers(half, example_inputs[:1]),
+                                      round_to=round_to)
+        pruner.step()
+        model_eval = copy.deepcopy(model).eval()
+        totals = time_interleaved([lambda: model_eval(example_inputs), lambda: half(example_inputs)],
+                                  warmup, repeats * 2, threads)
+        points = []
+        for m, total in ((model_eval, totals[0]), (half, totals[1])):
+            widths = layer_widths(m)
+            points.append((self.activation_fraction(widths), total - self.layer_sum(widths)))
+        (x0, y0), (x1, y1) = points
+        b = max(0.0, (y0 - y1) / (x0 - x1)) if abs(x0 - x1) > 1e-9 else 0.0
+        a = max(0.0, y0 - b * x0) if b > 0 else max(0.0, (y0 + y1) / 2)
+        self.residual = (a, b)
+        self.meta["dense_measured_ms"] = totals[0]
+
+    # -- predicting --------------------------------------------------------------------------------------------
+    def layer_ms(self, name: str, cin: float, cout: float) -> float:
+        """Interpolated latency of one layer at widths (cin, cout), bilinear on the measured grid."""
+        e = self.layers[name]
+        if e["depthwise"]:
+            cout = 0
+        i0, i1, wi = _interp1(e["cin_grid"], cin)
+        j0, j1, wj = _interp1(e["cout_grid"], cout)
+        ms = e["ms"]
+        top = ms[i0][j0] * (1 - wj) + ms[i0][j1] * wj
+        bottom = ms[i1][j0] * (1 - wj) + ms[i1][j1] * wj
+        return top * (1 - wi) + bottom * wi
+
+    def layer_sum(self, widths: dict[str, tuple[int, int]]) -> float:
+        return sum(self.layer_ms(n, *widths[n]) for n in self.layers)
+
+    def activation_fraction(self, widths: dict[str, tuple[int, int]]) -> float:
+        vol = sum(widths[n][1] * e["out_positions"] for n, e in self.layers.items())
+        dense = sum(e["dense"][1] * e["out_positions"] for e in self.layers.values())
+        return vol / dense
+
+    def predict_widths(self, widths: dict[str, tuple[int, int]]) -> float:
+        """Predicted latency (ms) of the model with these ``{layer: (input width, output width)}``."""
+        missing, extra = set(self.layers) - set(widths), set(widths) - set(self.layers)
+        if missing or extra:
+            raise ValueError(f"widths do not match the table's layers (missing {sorted(missing)}, "
+                             f"unknown {sorted(extra)}): is this table from another model?")
+        for n, (cin, cout) in widths.items():
+            dcin, dcout = self.layers[n]["dense"]
+            if not (0 < cin <= dcin and 0 < cout <= dcout):
+                raise ValueError(f"layer {n}: widths ({cin}, {cout}) outside the table's (1..{dcin}, 1..{dcout})")
+        a, b = self.residual
+        return self.layer_sum(widths) + a + b * self.activation_fraction(widths)
+
+    def predict(self, model: nn.Module) -> float:
+        """Predicted latency (ms) of ``model`` (the dense model or a pruned variant of it) at the table's batch size."""
+        self.check_model(model)
+        return self.predict_widths(layer_widths(model))
+
+    @property
+    def dense_ms(self) -> float:
+        return self.predict_widths({n: tuple(e["dense"]) for n, e in self.layers.items()})
+
+    def check_model(self, model: nn.Module, batch_size: int | None = None) -> None:
+        """``ValueError`` unless ``model`` has this table's layers (same names and kernels) and, if given,
+        ``batch_size`` is the table's."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        layers = table_layers(model)
+        if set(layers) != set(self.layers):
+            raise ValueError("this latency table was measured on another model: layers "
+                             f"{sorted(set(layers) ^ set(self.layers))[:4]} differ")
+        for n, m in layers.items():
+            if _signature(m) != self.layers[n]["signature"]:
+                raise ValueError(f"this latency table was measured on another model: layer {n} is "
+                                 f"{_signature(m)}, the table's is {self.layers[n]['signature']}")
+        if batch_size is not None and batch_size != self.meta["batch_size"]:
+            raise ValueError(f"the table was measured at batch size {self.meta['batch_size']}, not {batch_size}: "
+                             "measure one at this batch size")
+
+    # -- saving ------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"meta": self.meta, "residual": list(self.residual), "layers": self.layers}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the table as JSON, atomically, with the machine, torch version, threads and batch size."""
+        text = json.dumps(self.to_dict(), indent=1)
+        return atomic_write(path, lambda f: f.write(text.encode()))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LatencyTable":
+        path = Path(path)
+        try:
+            blob = json.loads(path.read_text())
+            if blob["meta"]["format"] != FORMAT:
+                raise ValueError(f"format {blob['meta']['format']}, expected {FORMAT}")
+            table = cls(blob["meta"], blob["layers"], tuple(blob["residual"]))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} is not a latency table written by LatencyTable.save: {err}") from None
+        return table
+
+    def __repr__(self) -> str:
+        m = self.meta
+        return (f"LatencyTable({len(self.layers)} layers, batch size {m['batch_size']}, {m['threads']} thread(s), "
+                f"torch {m['torch']}, {m['machine']}, dense predicted {self.dense_ms:.3f} ms)")
+
+
+def _signature(m: nn.Module) -> str:
+    if isinstance(m, nn.Conv2d):
+        return f"Conv2d(k={tuple(m.kernel_size)}, s={tuple(m.stride)}, p={m.padding}, dw={_is_depthwise(m)})"
+    return "Linear"
+
+
+def _machine() -> str:
+    return f"{platform.machine()} {platform.processor() or platform.system()} ({os.cpu_count()} cpus)"
+
+
+def layer_costs(model: nn.Module, example_inputs: torch.Tensor, measure: str = "latency", *, warmup: int = 3,
+                repeats: int = 20, threads: int = 1) -> dict[nn.Module, float]:
+    """Each Conv2d/Linear layer's share of the model's cost, summing to 1.
+
+    ``measure='latency'`` times every layer with forward hooks (median over ``repeats`` runs after
+    ``warmup``, ``threads`` threads); ``measure='macs'`` counts its multiply-accumulates instead.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_inputs, torch.Tensor) or example_inputs.ndim < 2:
+        raise TypeError("example_inputs must be a batch tensor [N, ...], e.g. torch.randn(1, 1, 28, 28)")
+    if measure not in ("latency", "macs"):
+        raise ValueError(f"measure must be 'latency' or 'macs', got {measure!r}")
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not layers:
+        raise ValueError("model has no Conv2d or Linear layers")
+    samples: dict[nn.Module, list[float]] = {m: [] for m in layers}
+    macs: dict[nn.Module, float] = {}
+    start: dict[nn.Module, float] = {}
+
+    def pre(mod, inp):
+        start[mod] = time.perf_counter()
+
+    def post(mod, inp, out):
+        samples[mod].append(time.perf_counter() - start[mod])
+        if isinstance(mod, nn.Conv2d):
+            macs[mod] = out[0].numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+        else:
+            macs[mod] = out[0].numel() * mod.in_features
+
+    hooks = [h for m in layers for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    old_threads, was = torch.get_num_threads(), model.training
+    try:
+        torch.set_num_threads(threads)
+        model.eval()
+        with torch.inference_mode():
+            for _ in range(warmup if measure == "latency" else 0):
+                model(example_inputs)
+            for s in samples.values():
+                s.clear()
+            for _ in range(repeats if measure == "latency" else 1):
+                model(example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        torch.set_num_threads(old_threads)
+        model.train(was)
+    raw = {m: statistics.median(samples[m]) for m in layers} if measure == "latency" else macs
+    total = sum(raw.values())
+    return {m: v / total for m, v in raw.items()}

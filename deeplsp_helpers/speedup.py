@@ -1,0 +1,175 @@
+"""Channel pruning to a requested speed-up: the latency-saliency knapsack, solved greedily.
+
+Every group of coupled channels (Torch-Pruning's dependency graph) is scored channel by channel
+(L1 magnitude, normalised to mean 1 within its group). Channels leave ``round_to`` at a time, always
+the chunk whose removal loses the least importance per unit of cost saved, until the latency the
+:class:`~deeplsp_helpers.latency_model.LatencyTable` predicts for the pruned widths reaches
+``dense / target_speedup``. The cost can be:
+
+- ``"latency"``: the predicted milliseconds saved (HALP: Shen et al., "Structural Pruning via
+  Latency-Saliency Knapsack", arXiv:2210.06659; NetAdapt, arXiv:1804.03230, is the older, layer-by-layer version);
+- ``"macs"``: the multiply-accumulates saved (what a method that treats MACs as latency would do);
+- ``"none"``: nothing, channels go in order of importance alone (plain global magnitude pruning).
+
+In all three the stopping rule is the same (the table's predicted latency), so they can be compared
+at the same requested speed-up. This is what the seed script's constant ``LatencyAwareImportance``
+was a placeholder for.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .latency_model import LatencyTable, layer_widths
+
+__all__ = ["prunable_dims", "plan_to_speedup", "prune_to_speedup", "COSTS"]
+
+COSTS = ("latency", "macs", "none")
+
+
+def _groups(model, example_inputs, ignored_layers):
+    from .structured import output_layers
+
+    ignored = list(ignored_layers) if ignored_layers is not None else output_layers(model, example_inputs)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    groups = []
+    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+        effects = set()
+        for dep, _ in group:
+            layer = dep.target.module
+            fn = getattr(dep.handler, "__name__", "")
+            if isinstance(layer, (nn.Conv2d, nn.Linear)) and layer in names:
+                if fn.endswith("out_channels"):
+                    effects.add((names[layer], 1))
+                    if isinstance(layer, nn.Conv2d) and layer.groups > 1:  # depthwise: inputs go with outputs
+                        effects.add((names[layer], 0))
+                elif fn.endswith("in_channels"):
+                    effects.add((names[layer], 0))
+        if effects:
+            groups.append((group, sorted(effects)))
+    return dg, groups
+
+
+def prunable_dims(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None) -> set[str]:
+    """The ``"layer.in"`` / ``"layer.out"`` widths that channel pruning can change."""
+    _, groups = _groups(model, example_inputs, ignored_layers)
+    return {f"{n}.{'in' if d == 0 else 'out'}" for _, effects in groups for n, d in effects}
+
+
+def _macs(widths, table: LatencyTable) -> float:
+    total = 0.0
+    for n, e in table.layers.items():
+        cin, cout = widths[n]
+        total += (cout if e["depthwise"] else cin * cout) * e["out_positions"]
+    return total
+
+
+def plan_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float, table: LatencyTable, *,
+                    cost: str = "latency", importance=None, round_to: int | None = None,
+                    max_pruning_ratio: float = 0.9, ignored_layers=None) -> dict:
+    """Which channels to remove so that ``table`` predicts ``target_speedup`` over the dense model.
+
+    Returns ``{"groups": [(group, idxs)], "widths": {layer: (in, out)}, "predicted_ms": …,
+    "dense_ms": …, "predicted_speedup": …}``; nothing is pruned yet (:func:`prune_to_speedup` does).
+    """
+    if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) \
+            or not math.isfinite(target_speedup) or target_speedup <= 1:
+        raise ValueError(f"target_speedup must be a number > 1, got {target_speedup!r}")
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
+    if not isinstance(table, LatencyTable):
+        raise TypeError(f"table must be a LatencyTable, got {type(table).__name__}")
+    if not isinstance(max_pruning_ratio, (int, float)) or not 0 < max_pruning_ratio < 1:
+        raise ValueError(f"max_pruning_ratio must be in (0, 1), got {max_pruning_ratio!r}")
+    table.check_model(model, batch_size=int(example_inputs.shape[0]))
+    round_to = round_to or table.meta["round_to"]
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be an int >= 1, got {round_to!r}")
+    was = model.training
+    model.eval()
+    try:
+        _, groups = _groups(model, example_inputs[:1], ignored_layers)
+        importance = importance or tp.importance.GroupMagnitudeImportance(p=1, normalizer="mean")
+        scored = []
+        for group, effects in groups:
+            imp = importance(group)
+            if imp is None:
+                continue
+            order = torch.argsort(imp.detach().float().cpu(), stable=True)
+            n = len(order)
+            most = round_to * math.floor(n * max_pruning_ratio / round_to)
+            cum = torch.cat([torch.zeros(1), torch.cumsum(imp.detach().float().cpu()[order], 0)])
+            scored.append({"group": group, "effects": effects, "order": order, "most": most, "cum": cum, "k": 0})
+    finally:
+        model.train(was)
+    widths = {n: list(w) for n, w in layer_widths(model).items()}
+    dense_ms = table.predict_widths(widths)
+    goal = dense_ms / target_speedup
+
+    def removed(widths, g, c):
+        w = {n: list(v) for n, v in widths.items()}
+        for n, d in g["effects"]:
+            w[n][d] -= c
+        return w
+
+    current = dense_ms
+    while current > goal:
+        best, best_score = None, math.inf
+        for g in scored:
+            c = min(round_to, g["most"] - g["k"])
+            if c <= 0:
+                continue
+            lost = float(g["cum"][g["k"] + c] - g["cum"][g["k"]])
+            after = removed(widths, g, c)
+            if cost == "latency":
+                saved = current - table.predict_widths(after)
+            elif cost == "macs":
+                saved = _macs(widths, table) - _macs(after, table)
+            else:
+                saved = 1.0
+            if saved <= 0:
+                continue
+            score = lost / saved
+            if score < best_score:
+                best, best_score = (g, c, after), score
+        if best is None:
+            raise ValueError(f"cannot reach a {target_speedup:g}x speed-up: the table predicts at most "
+                             f"{dense_ms / current:.2f}x with max_pruning_ratio={max_pruning_ratio}")
+        g, c, widths = best
+        g["k"] += c
+        current = table.predict_widths(widths)
+    chosen = [(g["group"], sorted(g["order"][:g["k"]].tolist())) for g in scored if g["k"] > 0]
+    return {"groups": chosen, "widths": {n: tuple(w) for n, w in widths.items()}, "predicted_ms": current,
+            "dense_ms": dense_ms, "predicted_speedup": dense_ms / current}
+
+
+def prune_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float,
+                     table: LatencyTable | None = None, *, cost: str = "latency", importance=None,
+                     round_to: int | None = None, max_pruning_ratio: float = 0.9, ignored_layers=None,
+                     threads: int = 1) -> dict:
+    """Prune ``model`` in place until ``table`` predicts ``target_speedup`` at ``example_inputs``'s batch size,
+    then collapse any channel left dead. Without a ``table`` one is measured first (``threads`` threads).
+
+    Returns the plan of :func:`plan_to_speedup` (widths, predicted latency and speed-up).
+    """
+    from .structured import collapse_channels
+
+    if table is None:
+        table = LatencyTable.measure(model, example_inputs, round_to=round_to or 8, threads=threads)
+    plan = plan_to_speedup(model, example_inputs, target_speedup, table, cost=cost, importance=importance,
+                           round_to=round_to, max_pruning_ratio=max_pruning_ratio, ignored_layers=ignored_layers)
+    for group, idxs in plan["groups"]:
+        group.prune(idxs=idxs)
+    collapse_channels(model, example_inputs[:1])
+    if {n: tuple(w) for n, w in layer_widths(model).items()} != plan["widths"]:
+        plan["widths"] = layer_widths(model)
+        plan["predicted_ms"] = table.predict(model)
+        plan["predicted_speedup"] = plan["dense_ms"] / plan["predicted_ms"]
+    del plan["groups"]  # they refer to the model before pruning
+    return plan
+

@@ -1,0 +1,143 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from deeplsp_helpers import models, serialization, speedup
+from deeplsp_helpers.latency_model import LatencyTable, layer_widths
+
+X = torch.randn(2, 1, 28, 28)
+
+
+def _small_vgg(cfg=(16, "M", 32, "M", 32)):
+    return models.VGG(cfg=cfg).eval()
+
+
+def _synthetic(table: LatencyTable) -> LatencyTable:
+    """Replace the measured times by a known function of the widths (MACs), so tests are deterministic."""
+    for e in table.layers.values():
+        for i, cin in enumerate(e["cin_grid"]):
+            for j, cout in enumerate(e["cout_grid"]):
+                e["ms"][i][j] = 0.01 + 1e-6 * cin * (cout or 1) * e["out_positions"]
+    table.residual = (0.05, 0.1)
+    return table
+
+
+@pytest.fixture(scope="module")
+def table():
+    return _synthetic(LatencyTable.measure(_small_vgg(), X, round_to=8, grid_points=3, repeats=3))
+
+
+def test_the_grid_covers_what_pruning_can_change_and_nothing_else(table):
+    first, last = table.layers["features.0.0"], table.layers["classifier"]
+    assert first["cin_grid"] == [1] and first["cout_grid"] == [8, 16]  # the input image has 1 channel
+    assert last["cout_grid"] == [10]  # the output layer keeps its 10 classes
+    mid = table.layers["features.2.0"]
+    assert mid["cin_grid"][-1] == 16 and mid["cout_grid"] == [8, 16, 32]
+    assert all(w % 8 == 0 for e in table.layers.values() for w in e["cout_grid"] if w != 10)
+    assert table.meta["batch_size"] == 2 and table.meta["threads"] == 1 and table.meta["torch"] == torch.__version__
+
+
+def test_predictions_are_exact_on_the_grid_and_linear_between(table):
+    e = table.layers["features.2.0"]
+    assert table.layer_ms("features.2.0", 16, 32) == pytest.approx(e["ms"][-1][-1])
+    between = table.layer_ms("features.2.0", 16, 24)  # halfway between the 16 and 32 grid points
+    assert between == pytest.approx((table.layer_ms("features.2.0", 16, 16) + e["ms"][-1][-1]) / 2)
+    dense = _small_vgg()
+    narrow = _small_vgg((8, "M", 16, "M", 16))
+    assert table.predict(narrow) < table.predict(dense) == pytest.approx(table.dense_ms)
+
+
+def test_a_measured_table_predicts_the_dense_model_roughly():
+    model = _small_vgg()
+    t = LatencyTable.measure(model, X, round_to=8, grid_points=3, repeats=5)
+    assert t.dense_ms > 0 and all(v > 0 for e in t.layers.values() for row in e["ms"] for v in row)
+    a, b = t.residual
+    assert a >= 0 and b >= 0
+    assert t.dense_ms == pytest.approx(t.meta["dense_measured_ms"], rel=0.6)  # the fit uses the dense model
+
+
+def test_save_and_load_round_trip_and_bad_files(table, tmp_path):
+    path = table.save(tmp_path / "table.json")
+    again = LatencyTable.load(path)
+    assert again.predict(_small_vgg()) == table.predict(_small_vgg())
+    assert json.loads(path.read_text())["meta"]["machine"] == table.meta["machine"]
+    (tmp_path / "bad.json").write_text('{"not": "a table"}')
+    with pytest.raises(ValueError, match="not a latency table"):
+        LatencyTable.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="not a latency table"):
+        LatencyTable.load(tmp_path / "missing.json")
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_table_refuses_another_model_a_wider_model_and_another_batch_size(table):
+    with pytest.raises(ValueError, match="another model"):
+        table.predict(models.ResNet())
+    with pytest.raises(ValueError, match="another model"):
+        table.predict(models.VGG())  # same family, other layers
+    with pytest.raises(ValueError, match="outside the table"):
+        table.predict(_small_vgg((16, "M", 48, "M", 32)))
+    with pytest.raises(ValueError, match="batch size 2, not 1"):
+        speedup.plan_to_speedup(_small_vgg(), X[:1], 1.5, table)
+
+
+def test_pruning_to_a_speedup_meets_the_prediction_and_prunes_for_real(table):
+    model = _small_vgg()
+    plan = speedup.prune_to_speedup(model, X, 1.8, table)
+    assert 1.8 <= plan["predicted_speedup"] < 2.3
+    assert table.predict(model) == pytest.approx(plan["predicted_ms"])
+    assert {n: tuple(w) for n, w in layer_widths(model).items()} == plan["widths"]
+    assert all(w % 8 == 0 for n, (_, w) in plan["widths"].items() if n != "classifier")
+    assert model(X).shape == (2, 10)
+
+
+def test_costs_change_where_channels_go(table):
+    picks = {}
+    for cost in speedup.COSTS:
+        plan = speedup.plan_to_speedup(_small_vgg(), X, 1.8, table, cost=cost)
+        assert plan["predicted_speedup"] >= 1.8
+        picks[cost] = plan["widths"]
+    assert picks["latency"] != picks["none"]
+
+
+def test_bad_requests(table):
+    for bad in (1.0, 0.5, float("nan"), True, "2"):
+        with pytest.raises(ValueError, match="target_speedup"):
+            speedup.plan_to_speedup(_small_vgg(), X, bad, table)
+    with pytest.raises(ValueError, match="cannot reach"):
+        speedup.plan_to_speedup(_small_vgg(), X, 1000.0, table)
+    with pytest.raises(ValueError, match="cost"):
+        speedup.plan_to_speedup(_small_vgg(), X, 1.5, table, cost="flops")
+    with pytest.raises(TypeError):
+        speedup.plan_to_speedup(_small_vgg(), X, 1.5, {"not": "a table"})
+
+
+def test_resnet_groups_couple_residual_channels():
+    model = models.ResNet(widths=(16, 32, 32)).eval()
+    t = _synthetic(LatencyTable.measure(model, X, round_to=8, grid_points=3, repeats=3))
+    plan = speedup.prune_to_speedup(model, X, 1.6, t)
+    w = layer_widths(model)
+    assert w["stem.0"][1] == w["layers.0.conv2"][1]  # stem and block 1 meet at an addition: pruned together
+    assert plan["predicted_speedup"] >= 1.6 and model(X).shape == (2, 10)
+
+
+def test_sparse_files_are_smaller_and_load_back_identical(tmp_path):
+    from torch.nn.utils import prune
+
+    model = models.VGG().eval()  # the architecture save_pruned names must be one build_model knows
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            prune.l1_unstructured(m, "weight", amount=0.9)
+            prune.remove(m, "weight")
+    dense_file = serialization.save_pruned(model, "vgg", tmp_path / "d.pt")
+    sparse_file = serialization.save_pruned(model, "vgg", tmp_path / "s.pt", sparse=True)
+    assert sparse_file.stat().st_size < 0.5 * dense_file.stat().st_size
+    again = serialization.load_pruned(sparse_file)
+    assert torch.equal(again(X), model(X))
+    for t in (torch.randn(13), torch.zeros(3, 5), torch.tensor([0.0, -1.5, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0])):
+        assert torch.equal(serialization.unpack_sparse(serialization.pack_sparse(t)), t)
+    packed = serialization.pack_sparse(torch.tensor([1.0, 0.0, 2.0]))
+    packed["values"] = packed["values"][:1]
+    with pytest.raises(ValueError, match="corrupt"):
+        serialization.unpack_sparse(packed)
