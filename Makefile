@@ -29,7 +29,7 @@ course: setup
 	  secs=$$(( $$(date +%s) - start )); total=$$(( total + secs )); \
 	  printf '%-50s %4d s\n' "$$nb" "$$secs"; \
 	done; printf '%-50s %4d s\n' "all notebooks" "$$total"
-	$(PY) -m deeplsp_helpers.editions results
+	$(PY) tools/editions.py results
 
 ## test: lint, unit tests and every notebook under nbval
 test: setup
@@ -38,11 +38,11 @@ test: setup
 
 ## student: the student edition, student/NN_….ipynb (solutions replaced by stubs, outputs cleared)
 student: $(STAMP)
-	$(PY) -m deeplsp_helpers.editions student
+	$(PY) tools/editions.py student
 
 ## html: the executed course as a static site, site/index.html (fails if a notebook failed)
 html: $(STAMP)
-	$(PY) -m deeplsp_helpers.editions html
+	$(PY) tools/editions.py html
 
 ## lab: open the course in JupyterLab
 lab: setup

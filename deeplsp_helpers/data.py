@@ -27,7 +27,7 @@ from .files import atomic_write
 
 __all__ = [
     "CLASSES", "MEAN", "STD", "DataNotFoundError", "ImageTensorDataset", "FashionSplits", "Loaders",
-    "BatchLoader", "find_data_root", "load_fashion_mnist", "make_loaders", "subset",
+    "BatchLoader", "calibration_batches", "find_data_root", "load_fashion_mnist", "make_loaders", "subset",
 ]
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -200,6 +200,24 @@ def subset(dataset: ImageTensorDataset, n: int, seed: int = 0) -> ImageTensorDat
     idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     soft = dataset.soft[idx] if dataset.soft is not None else None
     return ImageTensorDataset(dataset.X[idx], dataset.y[idx], dataset.classes, soft)
+
+
+def calibration_batches(dataset: ImageTensorDataset, n_batches: int = 4, batch_size: int = 128,
+                        seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A fixed list of ``n_batches`` ``(X, y)`` batches drawn without replacement from ``dataset`` (seeded).
+
+    For data-driven criteria (gradient, Taylor, OBD, sensitivity): draw them from the **training** split,
+    so the validation images the criteria are then scored on stay unseen.
+    """
+    if not isinstance(dataset, ImageTensorDataset):
+        raise TypeError("calibration_batches expects an ImageTensorDataset (e.g. splits.train)")
+    for name, v in (("n_batches", n_batches), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if n_batches * batch_size > len(dataset):
+        raise ValueError(f"{n_batches} x {batch_size} images requested, the dataset has {len(dataset)}")
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n_batches * batch_size]
+    return [(dataset.X[b], dataset.y[b]) for b in idx.view(n_batches, batch_size)]
 
 
 class BatchLoader:

@@ -213,12 +213,6 @@ def report_row(stage: str, model: nn.Module, example_inputs: torch.Tensor, loade
     return row
 
 
-def _calibration(loaders, n_batches: int = 4, batch_size: int = 128):
-    """A fixed set of calibration batches from the *training* split (never the validation images)."""
-    ds = loaders.train.dataset
-    return [(ds.X[i:i + batch_size], ds.y[i:i + batch_size]) for i in range(0, n_batches * batch_size, batch_size)]
-
-
 def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, structured_ratio: float | None = None,
                            unstructured_ratio: float = 0.0, *, target_speedup: float | None = None,
                            batch_size: int = 1, latency_table=None, cost: str = "latency",
@@ -239,7 +233,7 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
             ``'latency'``, ``'macs'`` or ``'none'``). Give one of the two.
         sensitivity_adaptive: per-layer unstructured ratios from sensitivities
             (:func:`prune_sensitivity_adaptive`); the sensitivities are ``sensitivities`` or, if None, computed
-            on ``calibration`` batches (default: the first 512 images of ``loaders.train``: training split).
+            on ``calibration`` batches (default: 512 images of ``loaders.train``'s dataset: the training split).
             ``latency_aware`` is the seed's name for this flag.
         finetune: ``finetune(model, stage)`` called after each stage (``'structured'``, ``'unstructured'``);
             during the second call the prune masks are still attached, so pruned weights stay zero.
@@ -297,7 +291,9 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
     if u_ratio > 0:
         if sensitivity_adaptive:
             if sensitivities is None:
-                sensitivities = compute_sensitivity(pruned, calibration or _calibration(loaders))
+                from .data import calibration_batches
+
+                sensitivities = compute_sensitivity(pruned, calibration or calibration_batches(loaders.train.dataset))
             prune_sensitivity_adaptive(pruned, sensitivities, u_ratio)
         else:
             apply_unstructured_pruning(pruned, u_ratio)

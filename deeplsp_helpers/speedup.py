@@ -71,7 +71,7 @@ def _macs(widths, table: LatencyTable) -> float:
 
 def plan_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float, table: LatencyTable, *,
                     cost: str = "latency", importance=None, round_to: int | None = None,
-                    max_pruning_ratio: float = 0.9, ignored_layers=None) -> dict:
+                    max_pruning_ratio: float = 0.75, ignored_layers=None) -> dict:
     """Which channels to remove so that ``table`` predicts ``target_speedup`` over the dense model.
 
     Returns ``{"groups": [(group, idxs)], "widths": {layer: (in, out)}, "predicted_ms": …,
@@ -150,7 +150,7 @@ def plan_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_speed
 
 def prune_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float,
                      table: LatencyTable | None = None, *, cost: str = "latency", importance=None,
-                     round_to: int | None = None, max_pruning_ratio: float = 0.9, ignored_layers=None,
+                     round_to: int | None = None, max_pruning_ratio: float = 0.75, ignored_layers=None,
                      threads: int = 1) -> dict:
     """Prune ``model`` in place until ``table`` predicts ``target_speedup`` at ``example_inputs``'s batch size,
     then collapse any channel left dead. Without a ``table`` one is measured first (``threads`` threads).

@@ -94,3 +94,18 @@ def test_make_loaders_and_subset_validate_input(splits):
         data.BatchLoader(splits.val, batch_size=0)
     with pytest.raises(ValueError):
         data.ImageTensorDataset(torch.zeros(3, 28, 28), torch.zeros(3))
+
+
+def test_calibration_batches_are_fixed_distinct_and_validated(splits):
+    a = data.calibration_batches(splits.train, 3, 16)
+    b = data.calibration_batches(splits.train, 3, 16)
+    assert len(a) == 3 and all(X.shape == (16, 1, 28, 28) and y.shape == (16,) for X, y in a)
+    assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, b))  # the same images every call
+    flat = torch.cat([X.flatten(1) for X, _ in a])
+    assert len(torch.unique(flat, dim=0)) == 48  # drawn without replacement
+    assert not torch.equal(a[0][0], data.calibration_batches(splits.train, 3, 16, seed=1)[0][0])
+    for bad in (dict(n_batches=0), dict(batch_size=-1), dict(n_batches=10**6)):
+        with pytest.raises(ValueError):
+            data.calibration_batches(splits.train, **{"n_batches": 2, "batch_size": 8, **bad})
+    with pytest.raises(TypeError):
+        data.calibration_batches(splits.train.X)

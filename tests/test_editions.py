@@ -1,16 +1,23 @@
 """Student edition, HTML course and RESULTS.md: generated from the executed notebooks, never by hand."""
 
 import ast
+import importlib.util
 import json
 import re
 import shutil
+from pathlib import Path
 
 import nbformat
 import pytest
 
-from deeplsp_helpers import checks, editions
+from deeplsp_helpers import checks
 
-NOTEBOOKS = editions.chapter_notebooks()
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("editions", ROOT / "tools" / "editions.py")
+editions = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(editions)
+
+NOTEBOOKS = editions.chapter_notebooks(ROOT)
 
 
 def _cells(nb, tag):
@@ -72,7 +79,7 @@ def test_every_chapter_has_exercises_with_checks_and_a_summary(path):
 
 
 def test_student_edition_is_valid_has_no_solutions_and_fails_helpfully(tmp_path, capsys):
-    written = editions.write_student(out=tmp_path)
+    written = editions.write_student(ROOT, out=tmp_path)
     assert [p.name for p in written] == [p.name for p in NOTEBOOKS]
     for original, student_path in zip(NOTEBOOKS, written):
         nb, student = nbformat.read(str(original), 4), nbformat.read(str(student_path), 4)
@@ -98,18 +105,20 @@ def test_student_edition_is_valid_has_no_solutions_and_fails_helpfully(tmp_path,
 def test_results_and_readme_table_come_from_the_notebooks(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{editions.RESULTS_BEGIN}\nold table\n{editions.RESULTS_END}\nrest\n")
-    out = editions.write_results(out=tmp_path / "RESULTS.md", readme=readme)
+    out = editions.write_results(ROOT, out=tmp_path / "RESULTS.md", readme=readme)
     text, table = out.read_text(), readme.read_text()
     for path in NOTEBOOKS:
         nb = nbformat.read(str(path), 4)
         assert f"## {path.stem}" in text and editions.summary_text(nb) in text
         assert editions.headline(nb) in table
         assert editions.wall_time(nb) > 0
+        slowest = editions.cell_times(nb)[0]
+        assert f"cell {slowest[1]}: {slowest[0]:.0f} s" in text  # the slowest cell is named in RESULTS.md
     assert "old table" not in table and table.startswith("intro\n") and table.endswith("rest\n")
 
 
 def test_html_course_opens_from_disk(tmp_path):
-    index = editions.write_html(out=tmp_path / "site")
+    index = editions.write_html(ROOT, out=tmp_path / "site")
     pages = sorted(p.name for p in index.parent.glob("[0-9][0-9]_*.html"))
     assert pages == [p.stem + ".html" for p in NOTEBOOKS]
     listing = index.read_text()
