@@ -3,10 +3,10 @@
 :meth:`LatencyTable.measure` times every Conv2d/Linear of a model *on its own*, at the input size it
 sees inside the model, for a grid of input and output widths (multiples of ``round_to``), one
 thread count, one batch size, cells interleaved round by round and the median kept. What the table
-does not cover (BatchNorm, activations, pooling, additions, Python overhead) is modelled as
-``a + b * (activation volume of the convolutions, relative to the dense model)``, with ``a`` and
-``b`` fitted on two whole models measured interleaved: the dense one and a copy with half of every
-layer's channels removed. :meth:`LatencyTable.predict` then predicts any pruned variant's latency
+does not cover (BatchNorm, activations, pooling, additions, Python overhead) is modelled as a function
+of the activation volume of the convolutions (relative to the dense model), interpolated between four
+whole models measured interleaved: the dense one and copies with 1/2, 3/4 and 7/8 of every layer's
+channels removed (per-call overheads do not shrink with the width, so the curve is not a straight line). :meth:`LatencyTable.predict` then predicts any pruned variant's latency
 from its layer widths, without running it.
 
 This is the per-layer "lookup table" latency model of NetAdapt (Yang et al., arXiv:1804.03230) and
@@ -117,8 +117,9 @@ def time_interleaved(calls: list, warmup: int, repeats: int, threads: int) -> li
 class LatencyTable:
     """Measured per-layer latency of one model on this machine, at one batch size and thread count."""
 
-    def __init__(self, meta: dict, layers: dict[str, dict], residual: tuple[float, float]):
-        self.meta, self.layers, self.residual = meta, layers, (float(residual[0]), float(residual[1]))
+    def __init__(self, meta: dict, layers: dict[str, dict], residual: list[list[float]]):
+        self.meta, self.layers = meta, layers
+        self.residual = sorted([float(a), float(ms)] for a, ms in residual)  # [activation fraction, ms] points
 
     # -- measuring ---------------------------------------------------------------------------------------------
     @classmethod
@@ -174,7 +175,7 @@ class LatencyTable:
         meta = {"format": FORMAT, "batch_size": int(example_inputs.shape[0]), "threads": threads,
                 "round_to": round_to, "torch": torch.__version__, "machine": _machine(),
                 "input_shape": list(example_inputs.shape[1:])}
-        table = cls(meta, entries, (0.0, 0.0))
+        table = cls(meta, entries, [[1.0, 0.0]])
         table._fit_residual(model, example_inputs, warmup, repeats, threads, round_to)
         table.meta["seconds"] = round(time.perf_counter() - start, 1)
         if verbose:
@@ -182,30 +183,37 @@ class LatencyTable:
         return table
 
     def _fit_residual(self, model, example_inputs, warmup, repeats, threads, round_to):
-        """Fit ``a + b * activation fraction`` for what the layers do not cover, on dense and half-width models."""
+        """Measure what the layers do not cover on the dense model and on uniformly narrowed copies."""
         import copy
 
         import torch_pruning as tp
 
         from .structured import output_layers
 
-        half = copy.deepcopy(model).eval()
-        pruner = tp.pruner.BasePruner(half, example_inputs[:1], importance=tp.importance.GroupMagnitudeImportance(p=1),
-                                      pruning_ratio=0.5, ignored_layers=output_layers(half, example_inputs[:1]),
-                                      round_to=round_to)
-        pruner.step()
-        model_eval = copy.deepcopy(model).eval()
-        totals = time_interleaved([lambda: model_eval(example_inputs), lambda: half(example_inputs)],
-                                  warmup, repeats * 2, threads)
-        points = []
-        for m, total in ((model_eval, totals[0]), (half, totals[1])):
+        variants = [copy.deepcopy(model).eval()]
+        for ratio in (0.5, 0.75, 0.875):
+            narrow = copy.deepcopy(model).eval()
+            tp.pruner.BasePruner(narrow, example_inputs[:1], importance=tp.importance.GroupMagnitudeImportance(p=1),
+                                 pruning_ratio=ratio, ignored_layers=output_layers(narrow, example_inputs[:1]),
+                                 round_to=round_to).step()
+            variants.append(narrow)
+        totals = time_interleaved([lambda m=m: m(example_inputs) for m in variants], warmup, repeats * 2, threads)
+        points = {}
+        for m, total in zip(variants, totals):
             widths = layer_widths(m)
-            points.append((self.activation_fraction(widths), total - self.layer_sum(widths)))
-        (x0, y0), (x1, y1) = points
-        b = max(0.0, (y0 - y1) / (x0 - x1)) if abs(x0 - x1) > 1e-9 else 0.0
-        a = max(0.0, y0 - b * x0) if b > 0 else max(0.0, (y0 + y1) / 2)
-        self.residual = (a, b)
+            points[round(self.activation_fraction(widths), 6)] = max(0.0, total - self.layer_sum(widths))
+        self.residual = sorted([a, ms] for a, ms in points.items())
         self.meta["dense_measured_ms"] = totals[0]
+
+    def residual_ms(self, fraction: float) -> float:
+        """What the table's layers do not cover, at this activation fraction (interpolated, flat outside)."""
+        pts = self.residual
+        if fraction <= pts[0][0]:
+            return pts[0][1]
+        for (a0, m0), (a1, m1) in zip(pts, pts[1:]):
+            if fraction <= a1:
+                return m0 + (m1 - m0) * (fraction - a0) / (a1 - a0)
+        return pts[-1][1]
 
     # -- predicting --------------------------------------------------------------------------------------------
     def layer_ms(self, name: str, cin: float, cout: float) -> float:
@@ -238,8 +246,7 @@ class LatencyTable:
             dcin, dcout = self.layers[n]["dense"]
             if not (0 < cin <= dcin and 0 < cout <= dcout):
                 raise ValueError(f"layer {n}: widths ({cin}, {cout}) outside the table's (1..{dcin}, 1..{dcout})")
-        a, b = self.residual
-        return self.layer_sum(widths) + a + b * self.activation_fraction(widths)
+        return self.layer_sum(widths) + self.residual_ms(self.activation_fraction(widths))
 
     def predict(self, model: nn.Module) -> float:
         """Predicted latency (ms) of ``model`` (the dense model or a pruned variant of it) at the table's batch size."""
@@ -283,7 +290,7 @@ class LatencyTable:
             blob = json.loads(path.read_text())
             if blob["meta"]["format"] != FORMAT:
                 raise ValueError(f"format {blob['meta']['format']}, expected {FORMAT}")
-            table = cls(blob["meta"], blob["layers"], tuple(blob["residual"]))
+            table = cls(blob["meta"], blob["layers"], blob["residual"])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path} is not a latency table written by LatencyTable.save: {err}") from None
         return table

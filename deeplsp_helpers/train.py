@@ -73,16 +73,18 @@ def channels_last(model: nn.Module, enabled: bool = True):
         yield False
         return
     tensors = [t for t in (*model.parameters(), *model.buffers()) if t.ndim == 4]
-    was_cl = [t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in tensors]
+    originals = [t.data for t in tensors]  # put back exactly, strides included: a [C, 1, k, k] weight is both
+    # "contiguous" and "channels-last", and one left with channels-last strides makes the whole model run NHWC
     with torch.inference_mode(False), torch.no_grad():  # never turn parameters into inference tensors
         model.to(memory_format=torch.channels_last)
     try:
         yield True
     finally:
         with torch.inference_mode(False), torch.no_grad():
-            for t, cl in zip(tensors, was_cl):
-                if not cl:
-                    t.data = t.data.contiguous()
+            for t, orig in zip(tensors, originals):
+                if t.data is not orig:
+                    orig.copy_(t.data)
+                    t.data = orig
 
 
 def _to_input(X: torch.Tensor, device, cl: bool) -> torch.Tensor:

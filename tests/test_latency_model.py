@@ -20,7 +20,7 @@ def _synthetic(table: LatencyTable) -> LatencyTable:
         for i, cin in enumerate(e["cin_grid"]):
             for j, cout in enumerate(e["cout_grid"]):
                 e["ms"][i][j] = 0.01 + 1e-6 * cin * (cout or 1) * e["out_positions"]
-    table.residual = (0.05, 0.1)
+    table.residual = [[0.1, 0.06], [1.0, 0.15]]
     return table
 
 
@@ -53,8 +53,8 @@ def test_a_measured_table_predicts_the_dense_model_roughly():
     model = _small_vgg()
     t = LatencyTable.measure(model, X, round_to=8, grid_points=3, repeats=5)
     assert t.dense_ms > 0 and all(v > 0 for e in t.layers.values() for row in e["ms"] for v in row)
-    a, b = t.residual
-    assert a >= 0 and b >= 0
+    assert len(t.residual) == 4 and all(ms >= 0 for _, ms in t.residual)  # dense and three narrowed copies
+    assert t.residual[-1][0] == pytest.approx(1.0)
     assert t.dense_ms == pytest.approx(t.meta["dense_measured_ms"], rel=0.6)  # the fit uses the dense model
 
 
