@@ -6,7 +6,6 @@ submodules you need, e.g. ``from deeplsp_helpers import data, metrics``.
 
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
@@ -31,7 +30,8 @@ def seed_everything(seed: int = 0) -> int:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)
+    # PYTHONHASHSEED is not set here: it only takes effect when an interpreter starts, so setting it now would
+    # change nothing for this one (string hashing order does not enter any computation of the course).
     return seed
 
 

@@ -10,6 +10,7 @@ Jupyter a failed check shows that one message, not a traceback. A passed check p
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections import OrderedDict
 
@@ -489,3 +490,17 @@ def check_speedup(speedup):
     _expect(isinstance(slower, float) and slower < 1 / 3, f"the other way round it should be < 0.33x, got {slower!r}")
     _expect(0.6 < same < 1.6, f"a model against its copy should be close to 1x, got {same!r}")
     _passed("speedup", 3)
+
+
+def _own_rng(check):
+    """Run ``check`` with its own copy of the global torch RNG: its seeding never changes the notebook's
+    later random draws."""
+    @functools.wraps(check)
+    def wrapped(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return check(*args, **kwargs)
+    return wrapped
+
+
+for _name in __all__[1:]:
+    globals()[_name] = _own_rng(globals()[_name])

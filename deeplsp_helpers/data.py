@@ -82,15 +82,24 @@ def _copy_from_debian(target: Path, debian_dir: Path) -> bool:
     return True
 
 
+DOWNLOAD_TIMEOUT_S = 20  # per network operation: a network that drops packets fails fast, not after minutes
+
+
 def _download(target: Path) -> bool:
+    import socket
+
     from torchvision.datasets import FashionMNIST
 
+    old = socket.getdefaulttimeout()
     try:
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # torchvision's urllib calls have no timeout of their own
         for train in (True, False):
             FashionMNIST(str(target), train=train, download=True)
-    except Exception as err:  # no network, DNS failure, HTTP error ...
+    except Exception as err:  # no network, DNS failure, HTTP error, timeout ...
         print(f"torchvision download failed: {err}", file=sys.stderr)
         return False
+    finally:
+        socket.setdefaulttimeout(old)
     return _has_raw(target)
 
 
@@ -168,6 +177,10 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, val_size: int = 50
     The files are read with ``torchvision.datasets.FashionMNIST``. The validation images are a
     fixed random subset (seed ``SPLIT_SEED``) of the official training split; the test split is
     the official one and is only for reporting.
+
+    The splits are read once per process and then **shared**: every call returns the same tensors
+    (loading them again would cost seconds and 200 MB). Never modify ``X`` or ``y`` in place; take a
+    ``.clone()`` (or :func:`subset`, which copies) if you want to change images.
     """
     if isinstance(val_size, bool) or not isinstance(val_size, int):
         raise TypeError(f"val_size must be an int, got {type(val_size).__name__}")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 __all__ = ["sparsity", "model_sparsity", "count_parameters", "model_size", "count_macs", "summarize",
-           "effective_parameters", "layer_sparsities"]
+           "effective_parameters", "weight_sparsity", "layer_sparsities"]
 
 
 def _check_tensor(t, name: str = "tensor") -> torch.Tensor:
@@ -66,6 +66,16 @@ def model_sparsity(model: nn.Module) -> float:
     if n == 0:
         raise ValueError("model has no parameters")
     return 1.0 - count_parameters(model, nonzero_only=True) / n
+
+
+def weight_sparsity(model: nn.Module, types: Sequence[type] = (nn.Conv2d, nn.Linear)) -> float:
+    """Fraction of zeros over all Conv2d/Linear weights together (biases, BatchNorm and buffers excluded):
+    the global sparsity that unstructured pruning targets. Masked weights count as pruned."""
+    _check_model(model)
+    ws = [m.weight for m in model.modules() if isinstance(m, tuple(types))]
+    if not ws:
+        raise ValueError("model has no Conv2d or Linear layers")
+    return sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
 
 
 def layer_sparsities(model: nn.Module, types: Sequence[type] = (nn.Conv2d, nn.Linear)) -> dict[str, float]:

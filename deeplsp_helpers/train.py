@@ -72,19 +72,30 @@ def channels_last(model: nn.Module, enabled: bool = True):
     if not enabled or not _has_conv(model):
         yield False
         return
-    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.ndim == 4]
-    originals = [t.data for t in tensors]  # put back exactly, strides included: a [C, 1, k, k] weight is both
-    # "contiguous" and "channels-last", and one left with channels-last strides makes the whole model run NHWC
+    # Put every 4-D parameter and buffer back exactly, strides included: a [C, 1, k, k] weight is both
+    # "contiguous" and "channels-last", and one left with channels-last strides makes the whole model run
+    # NHWC afterwards. ``Module.to`` keeps Parameter objects but *replaces* buffers (e.g. prune masks), so
+    # both are restored through their module.
+    saved = [(m, store, key, t.data if store == "_parameters" else t)
+             for m in model.modules() for store in ("_parameters", "_buffers")
+             for key, t in getattr(m, store).items() if t is not None and t.ndim == 4]
     with torch.inference_mode(False), torch.no_grad():  # never turn parameters into inference tensors
         model.to(memory_format=torch.channels_last)
     try:
         yield True
     finally:
         with torch.inference_mode(False), torch.no_grad():
-            for t, orig in zip(tensors, originals):
-                if t.data is not orig:
-                    orig.copy_(t.data)
-                    t.data = orig
+            for m, store, key, orig in saved:
+                now = getattr(m, store).get(key)
+                if now is None:
+                    continue
+                if store == "_parameters":
+                    if now.data is not orig:
+                        orig.copy_(now.data)
+                        now.data = orig
+                elif now is not orig:
+                    orig.copy_(now)
+                    m._buffers[key] = orig
 
 
 def _to_input(X: torch.Tensor, device, cl: bool) -> torch.Tensor:

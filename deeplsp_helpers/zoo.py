@@ -96,9 +96,9 @@ def load_pretrained(name: str, *, retrain: bool = False, directory: str | os.Pat
     """
     name = _check_name(name)
     directory = Path(directory or CHECKPOINT_DIR)
-    entry = read_manifest(directory).get(name)
-    path = directory / (entry["file"] if entry else f"{name}.pt")
     try:
+        entry = read_manifest(directory).get(name)  # a corrupt manifest can be recovered from by retraining too
+        path = directory / (entry["file"] if entry else f"{name}.pt")
         if entry is None or not path.is_file():
             raise FileNotFoundError(f"no checkpoint for {name!r} in {directory}; {_retrain_hint(name)}")
         digest = _sha256(path)
@@ -130,6 +130,7 @@ def train_reference(name: str, *, directory: str | os.PathLike | None = None, nu
 
     name = _check_name(name)
     directory = Path(directory or CHECKPOINT_DIR)
+    _check_writable(directory)  # before minutes of training, not after
     recipe = dict(RECIPES[name])
     if num_epochs is not None:
         recipe["num_epochs"] = num_epochs
@@ -154,10 +155,29 @@ def train_reference(name: str, *, directory: str | os.PathLike | None = None, nu
         "torch": torch.__version__, "machine": platform.machine(),
         "trained_on": time.strftime("%Y-%m-%d"),
     }
-    manifest = read_manifest(directory)
+    try:
+        manifest = read_manifest(directory)
+    except CheckpointError as err:  # keep the corrupt file for inspection; start a new manifest with this entry
+        corrupt = directory / f"{MANIFEST}.corrupt"
+        os.replace(directory / MANIFEST, corrupt)
+        print(f"warning: {err.args[0].split(';')[0]}; moved it to {corrupt.name} and started a new manifest "
+              "(retrain the other models to list them again)", file=sys.stderr)
+        manifest = {}
     manifest[name] = entry
     atomic_write(directory / MANIFEST, lambda f: f.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()))
     return entry
+
+
+def _check_writable(directory: Path) -> None:
+    """``PermissionError`` with a way out unless checkpoints can be written into ``directory``."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"cannot write checkpoints into {directory} ({err.strerror or err}); pass "
+                              "directory=... (CLI: --dir FOLDER) to train into a folder you can write") from None
 
 
 def verify(directory: str | os.PathLike | None = None) -> dict:
@@ -186,19 +206,31 @@ def main(argv: list[str] | None = None) -> int:
     p_train = sub.add_parser("train", help="retrain a reference model with its recorded recipe and seed")
     p_train.add_argument("name", choices=[*MODEL_NAMES, "all"])
     p_train.add_argument("--epochs", type=int, default=None, help="override the recipe's number of epochs")
+    p_train.add_argument("--dir", default=None, help="where to write the checkpoints and manifest "
+                                                     "(default: the package's own folder)")
     args = parser.parse_args(argv)
     if args.command == "train":
+        try:
+            _check_writable(Path(args.dir or CHECKPOINT_DIR))
+        except PermissionError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         for name in MODEL_NAMES if args.name == "all" else [args.name]:
-            entry = train_reference(name, num_epochs=args.epochs)
+            entry = train_reference(name, num_epochs=args.epochs, directory=args.dir)
             print(f"{name}: val {entry['val_acc']:.2f} %  test {entry['test_acc']:.2f} %  "
                   f"({entry['train_seconds']:.0f} s, best epoch {entry['best_epoch']})", flush=True)
         return 0
+    try:
+        manifest = read_manifest()
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.command == "verify":
         status = verify()
         for name, s in status.items():
             print(f"{name:10s} {s}")
         return 0 if all(s == "ok" for s in status.values()) else 1
-    for name, e in read_manifest().items():
+    for name, e in manifest.items():
         print(f"{name:10s} val {e['val_acc']:6.2f} %  test {e['test_acc']:6.2f} %  params {e['params']:,}  "
               f"epochs {e['recipe']['num_epochs']}  seed {e['seed']}")
     return 0

@@ -324,3 +324,15 @@ def test_reference_answers_agree_with_the_package():
     batches = [(torch.randn(5, 4), torch.randint(0, 3, (5,)))]
     assert torch.allclose(one_layer(lambda w, g: (w * g).abs())(model, "0", batches), criteria.taylor(model, batches)["0"])
     assert torch.allclose(one_layer(lambda w, g: g.abs())(model, "0", batches), criteria.gradient(model, batches)["0"])
+
+
+def test_a_check_leaves_the_global_random_state_alone():
+    import torch
+
+    from deeplsp_helpers import checks
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    checks.check_fine_grained_mask(fine_grained_mask)  # this check seeds the RNG for its hidden cases
+    assert torch.equal(torch.rand(3), expected)

@@ -17,8 +17,13 @@ def test_splits_have_the_designed_sizes_and_are_normalised(splits):
 
 
 def test_validation_split_is_fixed_and_disjoint_from_train(splits):
-    again = data.load_fashion_mnist()
-    assert torch.equal(again.val.y, splits.val.y)
+    # the same split is drawn again from scratch (not the cached one): same seed, same images
+    perm = torch.randperm(60000, generator=torch.Generator().manual_seed(data.SPLIT_SEED))
+    from torchvision.datasets import FashionMNIST
+
+    raw = FashionMNIST(str(data.find_data_root(download=False)), train=True, download=False)
+    assert torch.equal(raw.targets[perm[:5000].sort().values], splits.val.y)
+    assert len(splits.val) == 5000
     # hash each image; validation images must not appear in train (FashionMNIST has few exact duplicates)
     train_keys = {row.tobytes() for row in splits.train.X.flatten(1).numpy()}
     overlap = sum(row.tobytes() in train_keys for row in splits.val.X.flatten(1).numpy())
@@ -109,3 +114,33 @@ def test_calibration_batches_are_fixed_distinct_and_validated(splits):
             data.calibration_batches(splits.train, **{"n_batches": 2, "batch_size": 8, **bad})
     with pytest.raises(TypeError):
         data.calibration_batches(splits.train.X)
+
+
+def test_a_stalled_download_gives_up_within_the_timeout(tmp_path, monkeypatch):
+    import socket
+
+    seen = []
+
+    class Stalls:
+        def __init__(self, root, train, download):
+            seen.append(socket.getdefaulttimeout())
+            raise socket.timeout("timed out")
+
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Stalls)
+    before = socket.getdefaulttimeout()
+    assert data._download(tmp_path) is False
+    assert seen == [data.DOWNLOAD_TIMEOUT_S] and socket.getdefaulttimeout() == before
+
+
+def test_setup_installs_the_debian_package_when_root_and_reports_where(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setenv("DEEPLSP_DATA", str(tmp_path))
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(data.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(data.shutil, "which", lambda name: "/usr/bin/apt-get")
+    monkeypatch.setattr(data.subprocess, "run", lambda cmd, **kw: calls.append(cmd[:2]))
+    assert data.main(["setup", "--no-download"]) == 1  # apt was stubbed, so the data is still missing
+    assert ["apt-get", "update"] in calls and ["apt-get", "install"] in calls
+    assert "dataset-fashion-mnist" in capsys.readouterr().err

@@ -14,9 +14,7 @@ def _weights(model):
     return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-def _weighted_sparsity(model):
-    ws = _weights(model)
-    return sum((w == 0).sum().item() for w in ws) / sum(w.numel() for w in ws)
+_weighted_sparsity = metrics.weight_sparsity
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -74,4 +72,17 @@ def test_effective_parameters_of_a_plain_layer():
     layer = nn.Linear(3, 2)
     names = [n for n, _ in metrics.effective_parameters(layer)]
     assert names == ["weight", "bias"]
-    assert not math.isnan(metrics.model_sparsity(layer))
+    with torch.no_grad():
+        layer.weight[0] = 0  # 3 of the 8 effective parameters are zero
+    assert metrics.model_sparsity(layer) == pytest.approx(3 / 8)
+
+
+def test_weight_sparsity_counts_conv_and_linear_weights_only():
+    model = models.LeNet()
+    with torch.no_grad():
+        model.fc1.weight.zero_()
+        model.fc1.bias.zero_()  # biases do not count
+    total = sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert metrics.weight_sparsity(model) == pytest.approx(model.fc1.weight.numel() / total)
+    with pytest.raises(ValueError):
+        metrics.weight_sparsity(nn.ReLU())

@@ -143,6 +143,19 @@ def test_training_runs_channels_last_inside_and_restores_the_format(small):
     assert all(a is b for a, b in zip(params, model.parameters()))  # the same Parameter objects
 
 
+def test_prune_masks_come_back_in_their_own_format_too(small):
+    from torch.nn.utils import prune
+
+    model = models.VGG(cfg=(8, "M", 16, "M"))
+    prune.l1_unstructured(model.features[2][0], "weight", amount=0.5)
+    mask = model.features[2][0].weight_mask
+    train.fine_tune(model, small.train, num_epochs=1, lr=0.01, progress=False)
+    conv = model.features[2][0]
+    assert conv.weight_mask is mask and conv.weight_mask.is_contiguous()  # the same buffer, NCHW strides
+    prune.remove(conv, "weight")
+    assert conv.weight.is_contiguous() and conv.weight.stride() == (72, 9, 3, 1)
+
+
 def test_teacher_outputs_are_computed_once_and_give_the_same_training(splits):
     sub = data.subset(splits.train, 512)
     teacher = models.LeNet().eval()

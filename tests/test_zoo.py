@@ -88,3 +88,40 @@ def test_retrain_flag_rebuilds_a_missing_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "train_reference", fake_train)
     model = zoo.load_pretrained("lenet", directory=tmp_path, retrain=True)
     assert calls == ["lenet"] and isinstance(model, models.LeNet)
+
+
+def test_a_corrupt_manifest_is_recovered_by_retraining_without_losing_the_work(zoo_copy, monkeypatch, capsys):
+    (zoo_copy / "manifest.json").write_text("{ not json")
+    with pytest.raises(zoo.CheckpointError, match="zoo train"):
+        zoo.load_pretrained("lenet", directory=zoo_copy)
+    real_train = zoo.train_reference
+    monkeypatch.setattr(zoo, "train_reference",
+                        lambda name, directory: real_train(name, directory=directory, num_epochs=1, progress=False))
+    model = zoo.load_pretrained("lenet", directory=zoo_copy, retrain=True)  # used to fail after training
+    assert isinstance(model, models.LeNet)
+    assert set(zoo.read_manifest(zoo_copy)) == {"lenet"}  # a fresh manifest holds the retrained entry
+    assert (zoo_copy / "manifest.json.corrupt").read_text() == "{ not json"  # kept for inspection
+    assert "moved it to manifest.json.corrupt" in capsys.readouterr().err
+
+
+def test_training_into_a_read_only_folder_fails_before_training(tmp_path, monkeypatch):
+    import os
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    if os.access(ro, os.W_OK):  # root ignores permissions: simulate the failing write instead
+        monkeypatch.setattr(zoo.Path, "write_bytes", lambda self, b: (_ for _ in ()).throw(PermissionError(13, "ro")))
+    started = []
+    monkeypatch.setattr(train, "train", lambda *a, **k: started.append(1))
+    with pytest.raises(PermissionError, match="--dir"):
+        zoo.train_reference("lenet", directory=ro)
+    assert started == []
+    assert zoo.main(["train", "lenet", "--dir", str(ro)]) == 2
+
+
+def test_zoo_cli_list_and_verify(capsys):
+    assert zoo.main(["verify"]) == 0
+    assert all(line.endswith("ok") for line in capsys.readouterr().out.strip().splitlines())
+    assert zoo.main(["list"]) == 0
+    assert "vgg" in capsys.readouterr().out
