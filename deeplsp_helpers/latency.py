@@ -7,6 +7,7 @@ them alike.
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -88,7 +89,7 @@ def _stats(times_s: list[float], threads: int, batch_size: int) -> LatencyStats:
 
 def compare_latency(models: dict[str, nn.Module], inputs: torch.Tensor, warmup: int = 10, repeats: int = 50,
                     threads: int = 1) -> dict[str, LatencyStats]:
-    """Latency of several models on the same inputs, runs interleaved, one thread count.
+    """Latency of several models on the same inputs, runs interleaved (shuffled each round), one thread count.
 
     Each model is put in eval mode and run under ``torch.inference_mode``; the first ``warmup``
     calls are never timed; the thread count and each model's mode are restored afterwards.
@@ -132,11 +133,15 @@ def _interleaved(models, inputs, warmup, repeats, threads) -> dict[str, list[flo
     return dict(zip(models, samples))
 
 
-def time_calls(calls: list, warmup: int, repeats: int, threads: int) -> list[list[float]]:
-    """Seconds of each zero-argument callable, ``repeats`` rounds interleaved (one call of each per round)
-    after ``warmup`` untimed calls of each, under ``torch.inference_mode`` with ``threads`` threads."""
+def time_calls(calls: list, warmup: int, repeats: int, threads: int, seed: int = 0) -> list[list[float]]:
+    """Seconds of each zero-argument callable, ``repeats`` rounds interleaved (one call of each per round, in
+    an order shuffled every round, so that no callable always runs right after the same neighbour: caches
+    left warm by the one before would otherwise favour it), after ``warmup`` untimed calls of each, under
+    ``torch.inference_mode`` with ``threads`` threads. ``times[k][r]`` is callable k in round r."""
     old_threads = torch.get_num_threads()
     times: list[list[float]] = [[] for _ in calls]
+    order = list(range(len(calls)))
+    rng = random.Random(seed)
     try:
         torch.set_num_threads(threads)
         with torch.inference_mode():
@@ -144,9 +149,10 @@ def time_calls(calls: list, warmup: int, repeats: int, threads: int) -> list[lis
                 for _ in range(warmup):
                     f()
             for _ in range(repeats):
-                for k, f in enumerate(calls):
+                rng.shuffle(order)
+                for k in order:
                     t0 = time.perf_counter()
-                    f()
+                    calls[k]()
                     times[k].append(time.perf_counter() - t0)
     finally:
         torch.set_num_threads(old_threads)
