@@ -53,7 +53,8 @@ def test_a_measured_table_predicts_the_dense_model_roughly():
     model = _small_vgg()
     t = LatencyTable.measure(model, X, round_to=8, grid_points=3, repeats=5)
     assert t.dense_ms > 0 and all(v > 0 for e in t.layers.values() for row in e["ms"] for v in row)
-    assert len(t.residual) == 4 and all(ms >= 0 for _, ms in t.residual)  # dense and three narrowed copies
+    # dense and three narrowed copies (copies that round to the same widths give one point)
+    assert 2 <= len(t.residual) <= 4 and all(ms >= 0 for _, ms in t.residual)
     assert t.residual[-1][0] == pytest.approx(1.0)
     assert t.dense_ms == pytest.approx(t.meta["dense_measured_ms"], rel=0.6)  # the fit uses the dense model
 
