@@ -151,6 +151,8 @@ class ImageTensorDataset(Dataset):
         return len(self.y)
 
     def __getitem__(self, i):
+        if self.soft is not None:
+            return self.X[i], int(self.y[i]), self.soft[i]
         return self.X[i], int(self.y[i])
 
     def __repr__(self) -> str:

@@ -293,7 +293,9 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
             if sensitivities is None:
                 from .data import calibration_batches
 
-                sensitivities = compute_sensitivity(pruned, calibration or calibration_batches(loaders.train.dataset))
+                ds = loaders.train.dataset
+                bs = min(128, len(ds))
+                sensitivities = compute_sensitivity(pruned, calibration or calibration_batches(ds, min(4, len(ds) // bs), bs))
             prune_sensitivity_adaptive(pruned, sensitivities, u_ratio)
         else:
             apply_unstructured_pruning(pruned, u_ratio)

@@ -112,18 +112,24 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, cost=args.costs, sensitivity_adaptive=args.sensitivity_adaptive,
             finetune=finetune, loaders=loaders, threads=args.threads,
             cost_measure=None if args.costs == "none" else args.costs)
-    except ValueError as err:
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+    except (ValueError, ArithmeticError, RuntimeError) as err:  # bad settings, a diverging fine-tune, ...
+        print(f"error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr)
         return 2
     print(format_report(rows))
-    path = save_pruned(pruned, args.model, args.out, sparse=args.sparse)
-    again = load_pruned(path)
-    with torch.inference_mode():
-        same = torch.equal(again(splits.test.X[:64]), pruned(splits.test.X[:64]))
-    if not same:
-        print("error: the saved model does not reproduce the pruned model's outputs", file=sys.stderr)
-        return 1
-    print(f"saved to {path} ({path.stat().st_size / 1024:.0f} KiB; reloads with "
+    out = Path(args.out)
+    partial = out.with_name(f".{out.name}.partial")  # checked before it takes the requested name
+    try:
+        save_pruned(pruned, args.model, partial, sparse=args.sparse)
+        again = load_pruned(partial)
+        with torch.inference_mode():
+            same = torch.equal(again(splits.test.X[:64]), pruned(splits.test.X[:64]))
+        if not same:
+            print("error: the saved model does not reproduce the pruned model's outputs", file=sys.stderr)
+            return 2
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"saved to {out} ({out.stat().st_size / 1024:.0f} KiB; reloads with "
           "deeplsp_helpers.serialization.load_pruned; outputs identical)")
     return 0
 

@@ -67,7 +67,7 @@ def _bootstrap_median(ratios: list[float], resamples: int = 1000, seed: int = 0)
     r = torch.tensor(ratios, dtype=torch.float64)
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(r), (resamples, len(r)), generator=gen)
-    medians = r[idx].median(dim=1).values
+    medians = r[idx].quantile(0.5, dim=1)  # the mean of the two middle values, as statistics.median
     return float(torch.quantile(medians, 0.025)), float(torch.quantile(medians, 0.975))
 
 
@@ -138,6 +138,11 @@ def time_calls(calls: list, warmup: int, repeats: int, threads: int, seed: int =
     an order shuffled every round, so that no callable always runs right after the same neighbour: caches
     left warm by the one before would otherwise favour it), after ``warmup`` untimed calls of each, under
     ``torch.inference_mode`` with ``threads`` threads. ``times[k][r]`` is callable k in round r."""
+    if not calls or not all(callable(f) for f in calls):
+        raise TypeError("calls must be a non-empty list of zero-argument callables")
+    for name, v, lo in (("warmup", warmup, 0), ("repeats", repeats, 1), ("threads", threads, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
     old_threads = torch.get_num_threads()
     times: list[list[float]] = [[] for _ in calls]
     order = list(range(len(calls)))

@@ -152,6 +152,9 @@ class LatencyTable:
         movable = prunable_dims(model, example_inputs) if fixed is None else \
             {f"{n}.{d}" for n in layers for d in ("in", "out")} - set(fixed)
         dense = layer_widths(model)
+        grouped = [n for n, m in layers.items() if isinstance(m, nn.Conv2d) and m.groups > 1 and not _is_depthwise(m)]
+        if grouped:
+            raise ValueError(f"grouped convolutions other than depthwise are not supported: {grouped}")
         entries, calls, cells = {}, [], []
         for name, m in layers.items():
             cin, cout = dense[name]

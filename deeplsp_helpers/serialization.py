@@ -41,6 +41,8 @@ def unpack_sparse(packed: dict) -> torch.Tensor:
     n = 1
     for d in shape:
         n *= d
+    if len(packed["bitmask"]) * 8 < n:
+        raise ValueError("corrupt sparse tensor: the bitmask is shorter than the shape")
     bits = ((packed["bitmask"].unsqueeze(1) & _BITS) > 0).reshape(-1)[:n]
     values = packed["values"]
     if int(bits.sum()) != len(values):
@@ -90,7 +92,7 @@ def save_pruned(model: nn.Module, arch: str, path: str | os.PathLike, *, sparse:
     Only tensors and a string are stored, so :func:`load_pruned` can use ``weights_only=True``
     (a whole-model ``torch.save(model)`` would need ``weights_only=False``, which runs pickled code).
     ``sparse=True`` stores each tensor whose zeros make it worthwhile as a bitmask plus non-zero values
-    (:func:`pack_sparse`); it loads back to exactly the same tensors.
+    (:func:`pack_sparse`); it loads back to equal tensors (a -0.0 comes back as 0.0; outputs are identical).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -24,7 +24,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .latency_model import LatencyTable, layer_widths
+from .latency_model import LatencyTable, _is_depthwise, layer_widths
 
 __all__ = ["prunable_dims", "plan_to_speedup", "prune_to_speedup", "COSTS"]
 
@@ -39,26 +39,28 @@ def _groups(model, example_inputs, ignored_layers):
     names = {m: n for n, m in model.named_modules()}
     groups = []
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
-        effects = set()
-        for dep, _ in group:
+        n_root = len(group[0].idxs)
+        effects = {}  # (layer, 0 = input width | 1 = output width) -> widths removed per channel of the group
+        for dep, idxs in group:
             layer = dep.target.module
             fn = getattr(dep.handler, "__name__", "")
             if isinstance(layer, (nn.Conv2d, nn.Linear)) and layer in names:
+                per = max(1, len(idxs) // max(1, n_root))  # e.g. a flatten before a Linear: H*W inputs a channel
                 if fn.endswith("out_channels"):
-                    effects.add((names[layer], 1))
-                    if isinstance(layer, nn.Conv2d) and layer.groups > 1:  # depthwise: inputs go with outputs
-                        effects.add((names[layer], 0))
+                    effects[names[layer], 1] = per
+                    if _is_depthwise(layer):  # depthwise: inputs go with outputs
+                        effects[names[layer], 0] = per
                 elif fn.endswith("in_channels"):
-                    effects.add((names[layer], 0))
+                    effects[names[layer], 0] = per
         if effects:
-            groups.append((group, sorted(effects)))
+            groups.append((group, sorted((n, d, per) for (n, d), per in effects.items())))
     return dg, groups
 
 
 def prunable_dims(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None) -> set[str]:
     """The ``"layer.in"`` / ``"layer.out"`` widths that channel pruning can change."""
     _, groups = _groups(model, example_inputs, ignored_layers)
-    return {f"{n}.{'in' if d == 0 else 'out'}" for _, effects in groups for n, d in effects}
+    return {f"{n}.{'in' if d == 0 else 'out'}" for _, effects in groups for n, d, _ in effects}
 
 
 def _macs(widths, table: LatencyTable) -> float:
@@ -69,24 +71,33 @@ def _macs(widths, table: LatencyTable) -> float:
     return total
 
 
-def plan_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float, table: LatencyTable, *,
-                    cost: str = "latency", importance=None, round_to: int | None = None,
-                    max_pruning_ratio: float = 0.75, ignored_layers=None) -> dict:
-    """Which channels to remove so that ``table`` predicts ``target_speedup`` over the dense model.
-
-    Returns ``{"groups": [(group, idxs)], "widths": {layer: (in, out)}, "predicted_ms": …,
-    "dense_ms": …, "predicted_speedup": …}``; nothing is pruned yet (:func:`prune_to_speedup` does).
-    """
+def _check_request(target_speedup, cost, max_pruning_ratio) -> None:
     if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) \
             or not math.isfinite(target_speedup) or target_speedup <= 1:
         raise ValueError(f"target_speedup must be a number > 1, got {target_speedup!r}")
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
+    if isinstance(max_pruning_ratio, bool) or not isinstance(max_pruning_ratio, (int, float)) \
+            or not 0 < max_pruning_ratio < 1:
+        raise ValueError(f"max_pruning_ratio must be in (0, 1), got {max_pruning_ratio!r}")
+
+
+def plan_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float, table: LatencyTable, *,
+                    cost: str = "latency", importance=None, round_to: int | None = None,
+                    max_pruning_ratio: float = 0.75, ignored_layers=None) -> dict:
+    """Which channels to remove so that ``table`` predicts ``target_speedup`` over ``model`` as it is passed in
+    (normally the dense model; for an already pruned model the speed-up is relative to that model).
+
+    Returns ``{"groups": [(group, idxs)], "widths": {layer: (in, out)}, "predicted_ms": …,
+    "dense_ms": …, "predicted_speedup": …}``; nothing is pruned yet (:func:`prune_to_speedup` does).
+    """
+    _check_request(target_speedup, cost, max_pruning_ratio)
     if not isinstance(table, LatencyTable):
         raise TypeError(f"table must be a LatencyTable, got {type(table).__name__}")
-    if not isinstance(max_pruning_ratio, (int, float)) or not 0 < max_pruning_ratio < 1:
-        raise ValueError(f"max_pruning_ratio must be in (0, 1), got {max_pruning_ratio!r}")
     table.check_model(model, batch_size=int(example_inputs.shape[0]))
+    if list(example_inputs.shape[1:]) != list(table.meta["input_shape"]):
+        raise ValueError(f"the table was measured for inputs of shape {table.meta['input_shape']}, "
+                         f"not {list(example_inputs.shape[1:])}")
     round_to = round_to or table.meta["round_to"]
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to must be an int >= 1, got {round_to!r}")
@@ -113,8 +124,8 @@ def plan_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_speed
 
     def removed(widths, g, c):
         w = {n: list(v) for n, v in widths.items()}
-        for n, d in g["effects"]:
-            w[n][d] -= c
+        for n, d, per in g["effects"]:
+            w[n][d] -= c * per
         return w
 
     current = dense_ms
@@ -159,6 +170,7 @@ def prune_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_spee
     """
     from .structured import collapse_channels
 
+    _check_request(target_speedup, cost, max_pruning_ratio)  # before minutes of measuring, not after
     if table is None:
         table = LatencyTable.measure(model, example_inputs, round_to=round_to or 8, threads=threads)
     plan = plan_to_speedup(model, example_inputs, target_speedup, table, cost=cost, importance=importance,

@@ -69,8 +69,8 @@ def channels_last(model: nn.Module, enabled: bool = True):
     Only models with a ``Conv2d`` are converted (a model of Linear layers gains nothing). Inputs
     should be converted too: ``X.contiguous(memory_format=torch.channels_last)``.
     """
-    if not enabled or not _has_conv(model):
-        yield False
+    if not enabled or not _has_conv(model) or any(t.is_inference() for t in (*model.parameters(), *model.buffers())):
+        yield False  # (a model created under inference_mode cannot be converted in place: it runs as it is)
         return
     # Put every 4-D parameter and buffer back exactly, strides included: a [C, 1, k, k] weight is both
     # "contiguous" and "channels-last", and one left with channels-last strides makes the whole model run

@@ -76,9 +76,13 @@ def read_manifest(directory: Path | None = None) -> dict:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        manifest = json.loads(path.read_text())
+    except ValueError as err:  # invalid JSON or invalid UTF-8
         raise CheckpointError(f"{path} is not valid JSON ({err}); retrain with: python -m deeplsp_helpers.zoo train all") from err
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path} is not a manifest (expected a JSON object); retrain with: "
+                              "python -m deeplsp_helpers.zoo train all")
+    return manifest
 
 
 def load_pretrained(name: str, *, retrain: bool = False, directory: str | os.PathLike | None = None,

@@ -142,3 +142,35 @@ def test_sparse_files_are_smaller_and_load_back_identical(tmp_path):
     packed["values"] = packed["values"][:1]
     with pytest.raises(ValueError, match="corrupt"):
         serialization.unpack_sparse(packed)
+
+
+def test_widths_through_a_flatten_are_counted_per_channel():
+    # LeNet: conv2 (16 channels of 4x4) feeds fc1 through a flatten: one channel is 16 of fc1's inputs
+    model = models.LeNet().eval()
+    x = torch.randn(1, 1, 28, 28)
+    _, groups = speedup._groups(model, x, None)
+    conv2 = next(effects for _, effects in groups if ("conv2", 1, 1) in effects)
+    assert ("fc1", 0, 16) in conv2
+    t = _synthetic(LatencyTable.measure(model, x, round_to=4, grid_points=3, repeats=3))
+    plan = speedup.plan_to_speedup(model, x, 1.5, t, cost="none")
+    speedup.prune_to_speedup(model, x, 1.5, t, cost="none")
+    assert layer_widths(model) == plan["widths"]  # the plan's bookkeeping is what pruning does
+    assert layer_widths(model)["fc1"][0] == 16 * layer_widths(model)["conv2"][1]
+
+
+def test_bad_requests_are_refused_before_measuring_and_other_input_shapes_too(table, monkeypatch):
+    measured = []
+    monkeypatch.setattr(LatencyTable, "measure", classmethod(lambda cls, *a, **k: measured.append(1)))
+    with pytest.raises(ValueError, match="target_speedup"):
+        speedup.prune_to_speedup(_small_vgg(), X, 0.5)
+    assert measured == []
+    with pytest.raises(ValueError, match="inputs of shape"):
+        speedup.plan_to_speedup(_small_vgg(), torch.randn(2, 1, 32, 32), 1.5, table)
+
+
+def test_grouped_convolutions_are_refused_with_a_clear_error():
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.Flatten(), nn.LazyLinear(3))
+    x = torch.randn(1, 4, 6, 6)
+    model(x)
+    with pytest.raises(ValueError, match="grouped convolutions"):
+        LatencyTable.measure(model, x, repeats=3)

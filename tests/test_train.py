@@ -131,8 +131,9 @@ def test_fine_tuning_with_a_teacher_moves_the_student_towards_it(small):
 def test_training_runs_channels_last_inside_and_restores_the_format(small):
     model = models.VGG(cfg=(8, "M", 16, "M"))
     formats = []
-    model.features[0][0].register_forward_hook(
-        lambda m, i, o: formats.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
+    model.features[2][0].register_forward_hook(  # a conv with 8 input channels: NCHW and NHWC strides differ
+        lambda m, i, o: formats.append(m.weight.is_contiguous(memory_format=torch.channels_last)
+                                       and not m.weight.is_contiguous()))
     params = list(model.parameters())
     strides = [p.stride() for p in params]
     train.fine_tune(model, small.train, num_epochs=1, lr=0.01, progress=False)
@@ -167,18 +168,23 @@ def test_teacher_outputs_are_computed_once_and_give_the_same_training(splits):
         assert torch.allclose(cached.soft[:7], teacher(sub.X[:7]), atol=1e-5)
     calls.clear()
 
-    def run(loader, teacher=None):
+    def run(loader, teacher=None, num_epochs=2):
         torch.manual_seed(0)
         student = models.LeNet()
-        train.fine_tune(student, loader, num_epochs=2, lr=0.01, teacher=teacher, progress=False)
+        train.fine_tune(student, loader, num_epochs=num_epochs, lr=0.01, teacher=teacher, progress=False)
         return student.fc3.weight.detach().clone()
 
-    via_module = run(data.BatchLoader(sub, 128, shuffle=True), teacher)
+    via_cache_in_train = run(data.BatchLoader(sub, 128, shuffle=True), teacher)
     assert sum(calls) == 512  # once for the subset, not once per batch of each epoch
     calls.clear()
     via_cache = run(data.BatchLoader(cached, 128, shuffle=True))
     assert calls == []
-    assert torch.allclose(via_module, via_cache, atol=1e-5)
+    assert torch.allclose(via_cache_in_train, via_cache, atol=1e-5)
+    loader = data.BatchLoader(sub, 128, shuffle=True)
+    both_epochs = [b for _ in range(2) for b in loader]  # a plain list: the teacher runs on every batch
+    per_batch = run(both_epochs, teacher, num_epochs=1)  # one pass over both epochs' batches, same schedule
+    assert sum(calls) == 2 * 512
+    assert torch.allclose(per_batch, via_cache, atol=1e-4)  # same batches, same soft targets, same training
     with pytest.raises(ValueError, match="already carries"):
         train.fine_tune(models.LeNet(), data.BatchLoader(cached, 128), teacher=teacher, progress=False)
 
