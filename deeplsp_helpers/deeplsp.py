@@ -148,7 +148,10 @@ involves no latency: the ratios come from sensitivities alone)."""
 
 
 def apply_unstructured_pruning(model: nn.Module, amount: float) -> nn.Module:
-    """Uniform L1 unstructured pruning: ``amount`` of each Conv2d/Linear weight set to zero (with masks)."""
+    """Uniform L1 unstructured pruning: ``amount`` of each Conv2d/Linear weight set to zero, with
+    ``torch.nn.utils.prune`` masks that stay in the model (zeros survive fine-tuning without callbacks;
+    :func:`remove_pruning_masks` makes them permanent). For masks kept outside the model and arbitrary
+    scores, see :class:`deeplsp_helpers.pruners.FineGrainedPruner`."""
     amount = _check_ratio(amount, "amount", inclusive=True)
     for m in prunable_layers(model).values():
         prune.l1_unstructured(m, "weight", amount=amount)

@@ -36,6 +36,13 @@ class FineGrainedPruner:
     The masks are computed once, at construction. :meth:`apply` multiplies the weights by them: call it
     once to prune and then **after every optimizer step** while fine-tuning (``train.fine_tune(...,
     callbacks=[pruner.apply])``), because momentum and weight decay move zeroed weights away from zero.
+
+    When to use which: this pruner keeps its own masks outside the model, takes any score (chapter 02's
+    criteria) and leaves the model's parameters and ``state_dict`` untouched, which suits experiments.
+    :func:`deeplsp_helpers.deeplsp.apply_unstructured_pruning` uses ``torch.nn.utils.prune`` instead
+    (chapter 04): the masks live in the model (``weight_orig``/``weight_mask``, a forward pre-hook), so
+    fine-tuning keeps zeros at zero without callbacks, and ``remove_pruning_masks`` makes them permanent
+    for deployment; the DeepLSP pipeline uses that one.
     """
 
     def __init__(self, model: nn.Module, sparsity_dict: Mapping[str, float], scores=None):

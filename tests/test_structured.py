@@ -155,3 +155,22 @@ def test_save_and_load_errors(tmp_path):
     with pytest.raises(ValueError, match="save_pruned"):
         serialization.load_pruned(tmp_path / "other.pt")
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_structured_pruning_options_round_to_ignored_layers_cap_and_steps():
+    model = _randomise_bn(models.VGG())
+    keep = model.features[1][0]
+    structured.structured_channel_pruning(model, X[:1], 0.5, importance=tp.importance.GroupMagnitudeImportance(p=1),
+                                          round_to=8, ignored_layers=[keep, model.classifier], iterative_steps=2,
+                                          max_pruning_ratio=0.6)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert keep.out_channels == 32  # an ignored layer keeps its outputs
+    assert all(c.out_channels % 8 == 0 for c in convs)  # round_to
+    dense = [32, 32, 64, 64, 128, 128]
+    assert all(c.out_channels >= round(0.4 * d) - 8 for c, d in zip(convs, dense))  # nobody loses > 60 % (+ rounding)
+    assert sum(c.out_channels for c in convs) < sum(dense)  # and something was pruned, over two steps
+    assert model(X).shape == (4, 10)
+    with pytest.raises(ValueError, match="max_pruning_ratio"):
+        structured.structured_channel_pruning(models.VGG(), X[:1], 0.5, max_pruning_ratio=0.4)
+    with pytest.raises(ValueError, match="exactly one"):
+        structured.structured_channel_pruning(models.VGG(), X[:1])
