@@ -71,14 +71,19 @@ def _bootstrap_median(ratios: list[float], resamples: int = 1000, seed: int = 0)
     return float(torch.quantile(medians, 0.025)), float(torch.quantile(medians, 0.975))
 
 
+def check_ints(*specs: tuple[str, object, int]) -> None:
+    """``ValueError`` unless each ``(name, value, lowest)`` has an int ``value >= lowest`` (bools refused)."""
+    for name, v, lo in specs:
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+
+
 def _validate(model, inputs, warmup, repeats, threads):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2:
         raise TypeError("inputs must be a batch tensor [N, ...]")
-    for name, v, lo in (("warmup", warmup, 1), ("repeats", repeats, 3), ("threads", threads, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    check_ints(("warmup", warmup, 1), ("repeats", repeats, 3), ("threads", threads, 1))
 
 
 def _stats(times_s: list[float], threads: int, batch_size: int) -> LatencyStats:
@@ -140,9 +145,7 @@ def time_calls(calls: list, warmup: int, repeats: int, threads: int, seed: int =
     ``torch.inference_mode`` with ``threads`` threads. ``times[k][r]`` is callable k in round r."""
     if not calls or not all(callable(f) for f in calls):
         raise TypeError("calls must be a non-empty list of zero-argument callables")
-    for name, v, lo in (("warmup", warmup, 0), ("repeats", repeats, 1), ("threads", threads, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    check_ints(("warmup", warmup, 0), ("repeats", repeats, 1), ("threads", threads, 1))
     old_threads = torch.get_num_threads()
     times: list[list[float]] = [[] for _ in calls]
     order = list(range(len(calls)))

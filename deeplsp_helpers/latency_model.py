@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .files import atomic_write
-from .latency import time_calls
+from .latency import check_ints, time_calls
 
 __all__ = ["LatencyTable", "layer_widths", "table_layers", "layer_costs"]
 
@@ -140,10 +140,8 @@ class LatencyTable:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(example_inputs, torch.Tensor) or example_inputs.ndim < 2:
             raise TypeError("example_inputs must be a batch tensor [N, ...]")
-        for name, v, lo in (("round_to", round_to, 1), ("grid_points", grid_points, 2), ("threads", threads, 1),
-                            ("warmup", warmup, 1), ("repeats", repeats, 3)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        check_ints(("round_to", round_to, 1), ("grid_points", grid_points, 2), ("threads", threads, 1),
+                   ("warmup", warmup, 1), ("repeats", repeats, 3))
         start = time.perf_counter()
         layers = table_layers(model)
         if not layers:

@@ -24,6 +24,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .latency import check_ints
 from .latency_model import LatencyTable, _is_depthwise, layer_widths
 
 __all__ = ["prunable_dims", "plan_to_speedup", "prune_to_speedup", "COSTS"]
@@ -99,8 +100,7 @@ def plan_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_speed
         raise ValueError(f"the table was measured for inputs of shape {table.meta['input_shape']}, "
                          f"not {list(example_inputs.shape[1:])}")
     round_to = round_to or table.meta["round_to"]
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to must be an int >= 1, got {round_to!r}")
+    check_ints(("round_to", round_to, 1))
     was = model.training
     model.eval()
     try:

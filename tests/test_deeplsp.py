@@ -10,13 +10,6 @@ from deeplsp_helpers import data, deeplsp, metrics, models, serialization
 X = torch.randn(8, 1, 28, 28)
 
 
-def _weights(model):
-    return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
-_weighted_sparsity = metrics.weight_sparsity
-
-
 @pytest.fixture(scope="module")
 def calib(splits):
     return [b for _, b in zip(range(2), data.BatchLoader(splits.val, 64))]
@@ -50,7 +43,7 @@ def test_latency_aware_ratios_hit_the_budget_and_spare_sensitive_layers(name, ta
     model = models.build_model(name).eval()
     sens = deeplsp.compute_sensitivity(model, calib)
     ratios = deeplsp.prune_latency_aware(model, sens, target)
-    assert abs(_weighted_sparsity(model) - target) <= 0.005
+    assert abs(metrics.weight_sparsity(model) - target) <= 0.005
     assert all(0.0 <= r <= 0.99 for r in ratios.values())
     order = sorted(sens, key=sens.get)  # least sensitive first
     by_sens = [ratios[k] for k in order]
@@ -63,7 +56,7 @@ def test_several_sensitivity_maps_are_combined(calib):
     cloud = deeplsp.compute_sensitivity(model, calib)
     skewed = dict(cloud, fc1=10.0)  # one map says fc1 matters a lot
     ratios = deeplsp.prune_latency_aware(model, [edge, skewed], 0.5)
-    assert abs(_weighted_sparsity(model) - 0.5) <= 0.005
+    assert abs(metrics.weight_sparsity(model) - 0.5) <= 0.005
     assert ratios["fc1"] == min(ratios.values())
 
 
@@ -108,7 +101,7 @@ def test_combined_pipeline_reports_every_stage_and_leaves_the_input_alone():
     assert calls == ["structured", "unstructured"]
     final = rows[-1]
     assert final["params"] < rows[0]["params"] and final["nonzero"] < 0.55 * final["params"]
-    assert abs(_weighted_sparsity(pruned) - 0.5) < 0.01
+    assert abs(metrics.weight_sparsity(pruned) - 0.5) < 0.01
     assert final["macs"] < rows[0]["macs"]
     lo, hi = final["speedup1_interval"]
     assert lo <= final["speedup1"] <= hi
