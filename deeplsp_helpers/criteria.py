@@ -12,15 +12,14 @@ from typing import Iterable
 import torch
 from torch import nn
 
-__all__ = ["prunable_layers", "random_scores", "magnitude", "gradient", "taylor", "obd", "bn_scale"]
+from ._validate import PRUNABLE, check_module
 
-PRUNABLE = (nn.Conv2d, nn.Linear)
+__all__ = ["prunable_layers", "random_scores", "magnitude", "gradient", "taylor", "obd", "bn_scale"]
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The model's Conv2d and Linear layers by name."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module(model)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
     if not layers:
         raise ValueError("model has no Conv2d or Linear layers")
@@ -107,8 +106,7 @@ def bn_scale(model: nn.Module) -> dict[str, torch.Tensor]:
 
     Liu et al., "Learning Efficient Convolutional Networks through Network Slimming", arXiv:1708.06519.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module(model)
     bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     if not bns:
         raise ValueError("model has no BatchNorm layers (bn_scale needs them)")

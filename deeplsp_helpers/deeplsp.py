@@ -26,20 +26,13 @@ from torch import nn
 from torch.nn.utils import prune
 
 from . import criteria, metrics
+from ._validate import check_fraction, check_ints, check_module
 from .criteria import prunable_layers
 from .latency import compare_speedups
 from .structured import LatencyAwareImportance, structured_channel_pruning
 
 __all__ = ["compute_sensitivity", "prune_sensitivity_adaptive", "prune_latency_aware", "apply_unstructured_pruning",
            "remove_pruning_masks", "deployable_copy", "report_row", "apply_combined_pruning", "format_report"]
-
-
-def _check_ratio(value, name: str, upper: float = 1.0, inclusive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"{name} must be a number in [0, {upper}{']' if inclusive else ')'}, got {value!r}")
-    if not (0.0 <= value <= upper if inclusive else 0.0 <= value < upper):
-        raise ValueError(f"{name} must be in [0, {upper}{']' if inclusive else ')'}, got {value!r}")
-    return float(value)
 
 
 def compute_sensitivity(model: nn.Module, batches: Iterable | None = None, *, dummy: bool = False,
@@ -131,7 +124,7 @@ def prune_sensitivity_adaptive(model: nn.Module, sensitivities, target_sparsity:
     Returns ``{layer: ratio}``.
     """
     layers = prunable_layers(model)
-    target = _check_ratio(target_sparsity, "target_sparsity", upper=max_ratio, inclusive=True)
+    target = check_fraction(target_sparsity, "target_sparsity", high=max_ratio, high_open=False)
     if not isinstance(alpha, (int, float)) or not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha!r}")
     sens = _combine(sensitivities, list(layers))
@@ -152,7 +145,7 @@ def apply_unstructured_pruning(model: nn.Module, amount: float) -> nn.Module:
     ``torch.nn.utils.prune`` masks that stay in the model (zeros survive fine-tuning without callbacks;
     :func:`remove_pruning_masks` makes them permanent). For masks kept outside the model and arbitrary
     scores, see :class:`deeplsp_helpers.pruners.FineGrainedPruner`."""
-    amount = _check_ratio(amount, "amount", inclusive=True)
+    amount = check_fraction(amount, "amount", high_open=False)
     for m in prunable_layers(model).values():
         prune.l1_unstructured(m, "weight", amount=amount)
     return model
@@ -160,8 +153,7 @@ def apply_unstructured_pruning(model: nn.Module, amount: float) -> nn.Module:
 
 def remove_pruning_masks(model: nn.Module) -> nn.Module:
     """Make every prune mask permanent: plain ``weight`` parameters, no ``*_orig``/``*_mask`` keys, no hooks."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module(model)
     for m in model.modules():
         for name, _ in list(m.named_parameters(recurse=False)):
             if name.endswith("_orig") and prune.is_pruned(m):
@@ -251,16 +243,15 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
         sensitivity_adaptive = bool(latency_aware)
     if target_speedup is not None and structured_ratio:
         raise ValueError("give structured_ratio or target_speedup, not both")
-    s_ratio = _check_ratio(structured_ratio or 0.0, "structured_ratio")
-    u_ratio = _check_ratio(unstructured_ratio, "unstructured_ratio", upper=0.99, inclusive=True)
+    s_ratio = check_fraction(structured_ratio or 0.0, "structured_ratio")
+    u_ratio = check_fraction(unstructured_ratio, "unstructured_ratio", high=0.99, high_open=False)
     if not isinstance(example_inputs, torch.Tensor) or example_inputs.ndim != 4:
         raise TypeError("example_inputs must be a batch tensor [N, C, H, W]")
     if cost_measure not in ("latency", "macs", None):
         raise ValueError(f"cost_measure must be 'latency', 'macs' or None, got {cost_measure!r}")
     if report not in (True, False, "final"):
         raise ValueError(f"report must be True (every stage), 'final' or False, got {report!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_ints(("batch_size", batch_size, 1))
     if sensitivity_adaptive and u_ratio > 0 and sensitivities is None and calibration is None and loaders is None:
         raise ValueError("sensitivity_adaptive=True needs sensitivities, calibration batches or loaders")
     baseline = copy.deepcopy(model).eval()

@@ -7,6 +7,7 @@ them alike.
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
@@ -15,7 +16,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-__all__ = ["LatencyStats", "Speedup", "measure_latency", "compare_latency", "compare_speedups", "time_calls"]
+from ._validate import check_batch, check_ints, check_module
+
+__all__ = ["LatencyStats", "Speedup", "measure_latency", "compare_latency", "compare_speedups", "paired_speedup",
+           "time_calls"]
 
 
 @dataclass(frozen=True)
@@ -71,18 +75,9 @@ def _bootstrap_median(ratios: list[float], resamples: int = 1000, seed: int = 0)
     return float(torch.quantile(medians, 0.025)), float(torch.quantile(medians, 0.975))
 
 
-def check_ints(*specs: tuple[str, object, int]) -> None:
-    """``ValueError`` unless each ``(name, value, lowest)`` has an int ``value >= lowest`` (bools refused)."""
-    for name, v, lo in specs:
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-
-
 def _validate(model, inputs, warmup, repeats, threads):
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2:
-        raise TypeError("inputs must be a batch tensor [N, ...]")
+    check_module(model)
+    check_batch(inputs, "inputs")
     check_ints(("warmup", warmup, 1), ("repeats", repeats, 3), ("threads", threads, 1))
 
 
@@ -113,13 +108,22 @@ def compare_speedups(models: dict[str, nn.Module], inputs: torch.Tensor, baselin
     if not isinstance(models, dict) or baseline not in models:
         raise ValueError(f"baseline must name one of the models, got {baseline!r}")
     times = _interleaved(models, inputs, warmup, repeats, threads)
-    base = times[baseline]
-    speedups = {}
-    for k, v in times.items():
-        ratios = [b / t for b, t in zip(base, v)]
-        low, high = _bootstrap_median(ratios)
-        speedups[k] = Speedup(statistics.median(ratios), low, high, len(ratios))
+    speedups = {k: paired_speedup(times[baseline], v) for k, v in times.items()}
     return {k: _stats(v, threads, inputs.shape[0]) for k, v in times.items()}, speedups
+
+
+def paired_speedup(baseline_times: list[float], times: list[float]) -> Speedup:
+    """:class:`Speedup` of one callable over a baseline from round-paired times of one interleaved run
+    (``times[r]`` and ``baseline_times[r]`` measured in the same round, e.g. two lists of :func:`time_calls`)."""
+    if not isinstance(baseline_times, (list, tuple)) or not isinstance(times, (list, tuple)):
+        raise TypeError("baseline_times and times must be lists of seconds, one per round")
+    if len(baseline_times) != len(times) or len(times) < 3:
+        raise ValueError(f"need the same number (>= 3) of rounds for both, got {len(baseline_times)} and {len(times)}")
+    if not all(isinstance(t, (int, float)) and t > 0 and math.isfinite(t) for t in (*baseline_times, *times)):
+        raise ValueError("times must be positive finite numbers of seconds")
+    ratios = [b / t for b, t in zip(baseline_times, times)]
+    low, high = _bootstrap_median(ratios)
+    return Speedup(statistics.median(ratios), low, high, len(ratios))
 
 
 def _interleaved(models, inputs, warmup, repeats, threads) -> dict[str, list[float]]:

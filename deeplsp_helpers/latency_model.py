@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._validate import PRUNABLE, check_batch, check_ints, check_module
 from .files import atomic_write
-from .latency import check_ints, time_calls
+from .latency import time_calls
 
 __all__ = ["LatencyTable", "layer_widths", "table_layers", "layer_costs"]
 
@@ -37,7 +38,7 @@ FORMAT = 1
 
 def table_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The layers a latency table covers: every Conv2d and Linear, by name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    return {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
 
 
 def _is_depthwise(m: nn.Module) -> bool:
@@ -136,10 +137,8 @@ class LatencyTable:
         """
         from .speedup import prunable_dims  # the dependency graph decides which widths can change
 
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(example_inputs, torch.Tensor) or example_inputs.ndim < 2:
-            raise TypeError("example_inputs must be a batch tensor [N, ...]")
+        check_module(model)
+        check_batch(example_inputs)
         check_ints(("round_to", round_to, 1), ("grid_points", grid_points, 2), ("threads", threads, 1),
                    ("warmup", warmup, 1), ("repeats", repeats, 3))
         start = time.perf_counter()
@@ -261,8 +260,7 @@ class LatencyTable:
     def check_model(self, model: nn.Module, batch_size: int | None = None) -> None:
         """``ValueError`` unless ``model`` has this table's layers (same names and kernels) and, if given,
         ``batch_size`` is the table's."""
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_module(model)
         layers = table_layers(model)
         if set(layers) != set(self.layers):
             raise ValueError("this latency table was measured on another model: layers "
@@ -319,13 +317,11 @@ def layer_costs(model: nn.Module, example_inputs: torch.Tensor, measure: str = "
     ``measure='latency'`` times every layer with forward hooks (median over ``repeats`` runs after
     ``warmup``, ``threads`` threads); ``measure='macs'`` counts its multiply-accumulates instead.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(example_inputs, torch.Tensor) or example_inputs.ndim < 2:
-        raise TypeError("example_inputs must be a batch tensor [N, ...], e.g. torch.randn(1, 1, 28, 28)")
+    check_module(model)
+    check_batch(example_inputs)
     if measure not in ("latency", "macs"):
         raise ValueError(f"measure must be 'latency' or 'macs', got {measure!r}")
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = [m for m in model.modules() if isinstance(m, PRUNABLE)]
     if not layers:
         raise ValueError("model has no Conv2d or Linear layers")
     samples: dict[nn.Module, list[float]] = {m: [] for m in layers}

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from ._validate import check_fraction
+
 __all__ = ["fine_grained_mask", "nm_mask", "vector_mask", "kernel_mask", "filter_mask", "channel_mask"]
 
 
@@ -30,10 +32,7 @@ def _check_tensor(w, min_ndim: int = 1, exact_ndim: int | None = None, what: str
 
 
 def _check_sparsity(sparsity) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) <= 1.0 \
-            or math.isnan(float(sparsity)):
-        raise ValueError(f"sparsity must be a number in [0, 1], got {sparsity!r}")
-    return float(sparsity)
+    return check_fraction(sparsity, "sparsity", high_open=False)
 
 
 def _check_p(p) -> float:

@@ -15,6 +15,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from ._validate import PRUNABLE, check_module
+
 __all__ = ["sparsity", "model_sparsity", "count_parameters", "model_size", "count_macs", "summarize",
            "effective_parameters", "weight_sparsity", "layer_sparsities"]
 
@@ -27,12 +29,6 @@ def _check_tensor(t, name: str = "tensor") -> torch.Tensor:
     return t
 
 
-def _check_model(model) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return model
-
-
 def sparsity(t: torch.Tensor) -> float:
     """Fraction of exactly-zero entries, in [0, 1]."""
     t = _check_tensor(t)
@@ -41,7 +37,7 @@ def sparsity(t: torch.Tensor) -> float:
 
 def effective_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """``(name, tensor)`` for every parameter, with pruned ``*_orig`` parameters replaced by their masked value."""
-    _check_model(model)
+    check_module(model)
     for mod_name, module in model.named_modules():
         for p_name, p in module.named_parameters(recurse=False):
             full = f"{mod_name}.{p_name}" if mod_name else p_name
@@ -68,19 +64,19 @@ def model_sparsity(model: nn.Module) -> float:
     return 1.0 - count_parameters(model, nonzero_only=True) / n
 
 
-def weight_sparsity(model: nn.Module, types: Sequence[type] = (nn.Conv2d, nn.Linear)) -> float:
+def weight_sparsity(model: nn.Module, types: Sequence[type] = PRUNABLE) -> float:
     """Fraction of zeros over all Conv2d/Linear weights together (biases, BatchNorm and buffers excluded):
     the global sparsity that unstructured pruning targets. Masked weights count as pruned."""
-    _check_model(model)
+    check_module(model)
     ws = [m.weight for m in model.modules() if isinstance(m, tuple(types))]
     if not ws:
         raise ValueError("model has no Conv2d or Linear layers")
     return sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
 
 
-def layer_sparsities(model: nn.Module, types: Sequence[type] = (nn.Conv2d, nn.Linear)) -> dict[str, float]:
+def layer_sparsities(model: nn.Module, types: Sequence[type] = PRUNABLE) -> dict[str, float]:
     """``{layer_name: sparsity of its weight}`` for every layer of the given types."""
-    _check_model(model)
+    check_module(model)
     return {name: sparsity(m.weight) for name, m in model.named_modules() if isinstance(m, tuple(types))}
 
 
@@ -118,7 +114,7 @@ def count_macs(model: nn.Module, inputs) -> int:
     """
     from torchprofile import profile_macs
 
-    _check_model(model)
+    check_module(model)
     x = _example_inputs(inputs)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
@@ -135,7 +131,7 @@ def summarize(model: nn.Module, input_size: tuple = (1, 28, 28), device: torch.d
     """torchsummary's layer table as a string, with the device passed explicitly (works without a GPU)."""
     from torchsummary import summary
 
-    _check_model(model)
+    check_module(model)
     if not (isinstance(input_size, (tuple, list)) and input_size and all(isinstance(d, int) and d > 0 for d in input_size)):
         raise TypeError(f"input_size must be a tuple of positive ints such as (1, 28, 28), got {input_size!r}")
     if device is None:

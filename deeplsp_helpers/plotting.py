@@ -14,11 +14,14 @@ import torch
 from matplotlib.colors import ListedColormap
 from torch import nn
 
+from ._validate import PRUNABLE as PRUNABLE  # still importable as plotting.PRUNABLE
+from .criteria import prunable_layers
+
 __all__ = ["plot_matrix", "plot_tensor_3d", "plot_weight_histograms", "plot_layer_density", "plot_sensitivity",
            "plot_tradeoff", "plot_channel_importance"]
 
-ZERO_COLOR = "#d9d9d9"
-PRUNABLE = (nn.Conv2d, nn.Linear)
+ZERO_COLOR = "#d9d9d9"  # pruned channels in bar charts
+PRUNED_COLOR = "#1a1a1a"  # exact zeros in matrices: black, unlike small kept weights (light in coolwarm)
 
 
 def _as_numpy(t, ndim: int | None = None, name: str = "tensor") -> np.ndarray:
@@ -36,16 +39,12 @@ def _as_numpy(t, ndim: int | None = None, name: str = "tensor") -> np.ndarray:
 
 
 def _layers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    layers = [(n, m.weight.detach()) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
-    if not layers:
-        raise ValueError("model has no Conv2d or Linear layers")
-    return layers
+    return [(n, m.weight.detach()) for n, m in prunable_layers(model).items()]
 
 
 def plot_matrix(t, title: str | None = None, annotate: bool | None = None, ax=None, fmt: str = "{:.2f}"):
-    """A 2-D tensor as a heat map; exact zeros in grey; values written in the cells when small enough.
+    """A 2-D tensor as a heat map; exact zeros in black (small kept weights are pale, never black); values
+    written in the cells when small enough.
 
     Rows are the first dimension, columns the second, for any shape (square or not).
     """
@@ -56,11 +55,12 @@ def plot_matrix(t, title: str | None = None, annotate: bool | None = None, ax=No
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(min(0.45 * cols + 1.5, 12), min(0.45 * rows + 1, 10)))
     vmax = float(np.abs(a).max()) or 1.0
     im = ax.imshow(np.ma.masked_where(a == 0, a), cmap="coolwarm", vmin=-vmax, vmax=vmax, aspect="equal")
-    ax.imshow(np.where(a == 0, 1.0, np.nan), cmap=ListedColormap([ZERO_COLOR]), vmin=0, vmax=1, aspect="equal")
+    ax.imshow(np.where(a == 0, 1.0, np.nan), cmap=ListedColormap([PRUNED_COLOR]), vmin=0, vmax=1, aspect="equal")
     if annotate:
         for i in range(rows):
             for j in range(cols):
-                ax.text(j, i, "0" if a[i, j] == 0 else fmt.format(a[i, j]), ha="center", va="center", fontsize=7)
+                ax.text(j, i, "0" if a[i, j] == 0 else fmt.format(a[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if a[i, j] == 0 else "black")
     ax.set_xticks(range(cols) if cols <= 32 else [])
     ax.set_yticks(range(rows) if rows <= 32 else [])
     ax.set_title(title or f"{rows}x{cols}, {(a == 0).mean():.0%} zeros")

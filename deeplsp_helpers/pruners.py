@@ -35,7 +35,8 @@ class FineGrainedPruner:
 
     The masks are computed once, at construction. :meth:`apply` multiplies the weights by them: call it
     once to prune and then **after every optimizer step** while fine-tuning (``train.fine_tune(...,
-    callbacks=[pruner.apply])``), because momentum and weight decay move zeroed weights away from zero.
+    callbacks=[pruner.apply])``), because the gradient of a zeroed weight is not zero, and momentum keeps
+    moving it away from zero (weight decay only pulls towards zero).
 
     When to use which: this pruner keeps its own masks outside the model, takes any score (chapter 02's
     criteria) and leaves the model's parameters and ``state_dict`` untouched, which suits experiments.

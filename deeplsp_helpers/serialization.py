@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._validate import check_module
 from .files import atomic_write
 from .models import build_model
 
@@ -94,8 +95,7 @@ def save_pruned(model: nn.Module, arch: str, path: str | os.PathLike, *, sparse:
     ``sparse=True`` stores each tensor whose zeros make it worthwhile as a bitmask plus non-zero values
     (:func:`pack_sparse`); it loads back to equal tensors (a -0.0 comes back as 0.0; outputs are identical).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module(model)
     build_model(arch)  # validates the name
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if any(k.endswith(("_orig", "_mask")) for k in state):

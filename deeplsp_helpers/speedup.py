@@ -24,7 +24,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .latency import check_ints
+from ._validate import PRUNABLE, check_fraction, check_ints
 from .latency_model import LatencyTable, _is_depthwise, layer_widths
 
 __all__ = ["prunable_dims", "plan_to_speedup", "prune_to_speedup", "COSTS"]
@@ -39,13 +39,13 @@ def _groups(model, example_inputs, ignored_layers):
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     names = {m: n for n, m in model.named_modules()}
     groups = []
-    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE):
         n_root = len(group[0].idxs)
         effects = {}  # (layer, 0 = input width | 1 = output width) -> widths removed per channel of the group
         for dep, idxs in group:
             layer = dep.target.module
             fn = getattr(dep.handler, "__name__", "")
-            if isinstance(layer, (nn.Conv2d, nn.Linear)) and layer in names:
+            if isinstance(layer, PRUNABLE) and layer in names:
                 per = max(1, len(idxs) // max(1, n_root))  # e.g. a flatten before a Linear: H*W inputs a channel
                 if fn.endswith("out_channels"):
                     effects[names[layer], 1] = per
@@ -78,9 +78,7 @@ def _check_request(target_speedup, cost, max_pruning_ratio) -> None:
         raise ValueError(f"target_speedup must be a number > 1, got {target_speedup!r}")
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
-    if isinstance(max_pruning_ratio, bool) or not isinstance(max_pruning_ratio, (int, float)) \
-            or not 0 < max_pruning_ratio < 1:
-        raise ValueError(f"max_pruning_ratio must be in (0, 1), got {max_pruning_ratio!r}")
+    check_fraction(max_pruning_ratio, "max_pruning_ratio", low_open=True)
 
 
 def plan_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float, table: LatencyTable, *,

@@ -19,18 +19,15 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ._validate import PRUNABLE, check_batch, check_fraction, check_ints, check_module
 from .latency_model import layer_costs
 
 __all__ = ["collapse_channels", "output_layers", "LatencyAwareImportance", "structured_channel_pruning"]
 
-PRUNABLE = (nn.Conv2d, nn.Linear)
-
 
 def _check(model, example_inputs):
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(example_inputs, torch.Tensor) or example_inputs.ndim < 2:
-        raise TypeError("example_inputs must be a batch tensor [N, ...], e.g. torch.randn(1, 1, 28, 28)")
+    check_module(model)
+    check_batch(example_inputs)
 
 
 def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Module]:
@@ -60,7 +57,7 @@ def _dead_mask(dep, idxs: list[int], atol: float) -> torch.Tensor:
     """For one producing layer of a group: which of ``idxs`` give exactly nothing for a zero input."""
     layer = dep.layer
     idx = torch.as_tensor(idxs, dtype=torch.long)
-    if isinstance(layer, (nn.Conv2d, nn.Linear)):
+    if isinstance(layer, PRUNABLE):
         dead = layer.weight.detach()[idx].flatten(1).abs().amax(1) <= atol
         if layer.bias is not None:
             dead &= layer.bias.detach()[idx].abs() <= atol
@@ -215,10 +212,8 @@ def structured_channel_pruning(model: nn.Module, example_inputs: torch.Tensor, p
                          round_to=round_to, max_pruning_ratio=0.75 if max_pruning_ratio is None else max_pruning_ratio,
                          ignored_layers=ignored_layers)
         return model
-    if isinstance(pruning_ratio, bool) or not isinstance(pruning_ratio, (int, float)) or not 0.0 <= pruning_ratio < 1.0:
-        raise ValueError(f"pruning_ratio must be in [0, 1), got {pruning_ratio!r}")
-    if isinstance(iterative_steps, bool) or not isinstance(iterative_steps, int) or iterative_steps < 1:
-        raise ValueError(f"iterative_steps must be an int >= 1, got {iterative_steps!r}")
+    check_fraction(pruning_ratio, "pruning_ratio")
+    check_ints(("iterative_steps", iterative_steps, 1))
     if pruning_ratio == 0:
         return model
     model.eval()
@@ -226,9 +221,7 @@ def structured_channel_pruning(model: nn.Module, example_inputs: torch.Tensor, p
     ignored = list(ignored_layers) if ignored_layers is not None else output_layers(model, example_inputs)
     if max_pruning_ratio is None:
         max_pruning_ratio = min(0.95, max(0.65, pruning_ratio + 0.1))
-    if not isinstance(max_pruning_ratio, (int, float)) or not 0.0 < max_pruning_ratio < 1.0 \
-            or pruning_ratio > max_pruning_ratio:
-        raise ValueError(f"max_pruning_ratio must be in (pruning_ratio, 1), got {max_pruning_ratio!r}")
+    check_fraction(max_pruning_ratio, "max_pruning_ratio", low=pruning_ratio)  # pruning_ratio > 0 here
     pruner = tp.pruner.BasePruner(model, example_inputs, importance=_CappedImportance(importance, max_pruning_ratio),
                                   global_pruning=True,
                                   pruning_ratio=pruning_ratio, iterative_steps=iterative_steps,

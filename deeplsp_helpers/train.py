@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import get_device
+from ._validate import check_ints, check_module
 
 __all__ = ["evaluate", "train", "fine_tune", "distillation_loss", "progress_enabled", "with_teacher_outputs",
            "channels_last"]
@@ -40,11 +41,6 @@ def progress_enabled(progress: bool | None = None) -> bool:
     if progress is not None:
         return bool(progress)
     return not any(os.environ.get(v, "").lower() not in ("", "0", "false") for v in ("CI", "TQDM_DISABLE"))
-
-
-def _check_model(model) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
 
 def _check_loader(loader, what: str) -> None:
@@ -108,7 +104,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
 
     ``loader`` yields ``(X, y)`` batches (a third element, e.g. teacher logits, is ignored).
     """
-    _check_model(model)
+    check_module(model)
     _check_loader(loader, "loader")
     device = torch.device(device) if device is not None else _model_device(model)
     was_training = model.training
@@ -148,7 +144,7 @@ def with_teacher_outputs(teacher: nn.Module, dataset):
     """
     from .data import ImageTensorDataset
 
-    _check_model(teacher)
+    check_module(teacher)
     if not isinstance(dataset, ImageTensorDataset):
         raise TypeError(f"dataset must be a data.ImageTensorDataset, got {type(dataset).__name__}")
     return ImageTensorDataset(dataset.X, dataset.y, dataset.classes, soft=_logits(teacher, dataset.X))
@@ -171,7 +167,7 @@ def distillation_loss(y_hat: torch.Tensor, y: torch.Tensor, teacher_logits: torc
 
 
 def _run_epochs(model, loader, optimizer, scheduler, num_epochs, callbacks, penalty, device, progress, desc,
-                on_epoch_end, teacher=None, cl=False):
+                on_epoch_end, teacher=None, cl=False, before_step=()):
     loss_fn = nn.CrossEntropyLoss()
     if teacher is not None:
         teacher.eval()
@@ -197,6 +193,8 @@ def _run_epochs(model, loader, optimizer, scheduler, num_epochs, callbacks, pena
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch + 1}; lower the learning rate")
             loss.backward()
+            for hook in before_step:
+                hook(model)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
@@ -233,8 +231,7 @@ def _make_optimizer(model, optimizer: str, lr: float, weight_decay: float, momen
 
 
 def _check_hparams(num_epochs, lr, weight_decay):
-    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 0:
-        raise ValueError(f"num_epochs must be an int >= 0, got {num_epochs!r}")
+    check_ints(("num_epochs", num_epochs, 0))
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
     if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
@@ -245,13 +242,16 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
           lr: float = 0.05, optimizer: str = "sgd", weight_decay: float = 5e-4, momentum: float = 0.9,
           schedule: str = "onecycle", select_best: bool = True, callbacks: Sequence[Callback] = (),
           penalty: Callable[[nn.Module], torch.Tensor] | None = None, teacher: nn.Module | None = None,
-          device=None, progress: bool | None = None) -> dict:
+          device=None, progress: bool | None = None, before_step: Sequence[Callback] = ()) -> dict:
     """Train with cross-entropy; optionally keep the epoch with the best validation accuracy.
 
     Args:
         schedule: ``'onecycle'`` (Smith & Topin, arXiv:1708.07120), ``'cosine'`` or ``'constant'``.
         select_best: with a ``val_loader``, restore the weights of the best validation epoch.
         callbacks: called as ``cb(model)`` after every optimizer step (e.g. to re-apply masks).
+        before_step: called as ``hook(model)`` after the backward pass and before each optimizer step, when
+            the gradients exist (e.g. Torch-Pruning's ``GroupNormPruner.regularize``, which adds its
+            group-lasso term to the gradients).
         penalty: an extra loss term ``penalty(model)``, e.g. L1 on BatchNorm scales.
         teacher: a model whose soft outputs the model also learns from (:func:`distillation_loss`,
             T = 4, alpha = 0.5); e.g. the dense model while fine-tuning its pruned copy. Over a
@@ -260,7 +260,7 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
     Returns:
         A history dict: ``train_loss``, ``val_acc`` per epoch, ``best_epoch``, ``seconds``.
     """
-    _check_model(model)
+    check_module(model)
     _check_loader(train_loader, "train_loader")
     _check_hparams(num_epochs, lr, weight_decay)
     if teacher is not None and not isinstance(teacher, nn.Module):
@@ -298,7 +298,7 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
             teacher = None  # its outputs travel with the batches now
     with channels_last(model, device.type == "cpu") as cl:
         _run_epochs(model, loader, opt, sched, num_epochs, callbacks, penalty, device, progress, "epoch",
-                    on_epoch_end, teacher, cl)
+                    on_epoch_end, teacher, cl, before_step)
     if loader is not train_loader:
         train_loader._epoch = loader._epoch  # the next pass over train_loader gets a new order, as without a teacher
     history["seconds"] = time.perf_counter() - start
@@ -312,14 +312,16 @@ def fine_tune(model: nn.Module, train_loader: Iterable, *, num_epochs: int = 1, 
               optimizer: str = "sgd", weight_decay: float = 5e-4, momentum: float = 0.9,
               callbacks: Sequence[Callback] = (), penalty: Callable[[nn.Module], torch.Tensor] | None = None,
               teacher: nn.Module | None = None, val_loader: Iterable | None = None, device=None,
-              progress: bool | None = None) -> dict:
+              progress: bool | None = None, before_step: Sequence[Callback] = ()) -> dict:
     """Fine-tune a (pruned) model with a cosine-decaying learning rate.
 
     ``callbacks`` run after every optimizer step: pass a pruner's ``apply`` to keep pruned
-    weights at zero (otherwise momentum and weight decay bring them back).
+    weights at zero (otherwise their gradients, carried on by momentum, bring them back).
     ``teacher`` (e.g. the dense model) adds knowledge distillation (:func:`distillation_loss`).
+    ``before_step`` hooks run between the backward pass and each optimizer step (see :func:`train`).
     Returns the same history dict as :func:`train` (the last epoch is kept, not the best).
     """
     return train(model, train_loader, val_loader, num_epochs=num_epochs, lr=lr, optimizer=optimizer,
                  weight_decay=weight_decay, momentum=momentum, schedule="cosine", select_best=False,
-                 callbacks=callbacks, penalty=penalty, teacher=teacher, device=device, progress=progress)
+                 callbacks=callbacks, penalty=penalty, teacher=teacher, device=device, progress=progress,
+                 before_step=before_step)

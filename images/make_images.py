@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BLUE, GREY, RED = "#3b75af", "#c8c8c8", "#c44e52"
@@ -49,29 +50,38 @@ def pruning_overview(path: Path) -> None:
 
 
 def granularity(path: Path) -> None:
-    """Masks of the same 8x8 weight at several granularities (grey = pruned)."""
-    rng = np.random.default_rng(0)
-    w = np.abs(rng.normal(size=(8, 8)))
-    masks = {}
-    masks["fine-grained"] = w >= np.quantile(w, 0.5)
-    nm = np.zeros_like(w, dtype=bool)
-    for r in range(8):
-        for g in range(0, 8, 4):
-            nm[r, g + np.argsort(-w[r, g:g + 4])[:2]] = True
-    masks["2:4 (N:M)"] = nm
-    rows = np.linalg.norm(w, axis=1)
-    masks["vector (rows)"] = np.repeat((rows >= np.median(rows))[:, None], 8, axis=1)
-    blocks = w.reshape(4, 2, 4, 2).sum(axis=(1, 3))
-    masks["block 2x2"] = np.kron(blocks >= np.median(blocks), np.ones((2, 2))).astype(bool)
-    fig, axes = plt.subplots(1, len(masks), figsize=(2.6 * len(masks), 2.9))
-    for ax, (name, m) in zip(axes, masks.items()):
-        ax.imshow(np.where(m, 1.0, 0.0), cmap=matplotlib.colors.ListedColormap([GREY, BLUE]), vmin=0, vmax=1)
-        ax.set_xticks(np.arange(-0.5, 8, 1), minor=True)
-        ax.set_yticks(np.arange(-0.5, 8, 1), minor=True)
+    """One convolution weight [out 6, in 4, 3x3] pruned to 50 % at each granularity of chapter 01, with the
+    package's own masks (deeplsp_helpers.masks). Each row is one filter, its in x kh x kw weights flattened
+    (input channel by input channel, each 3x3 kernel row by row): the rows a matrix multiply sums over."""
+    from deeplsp_helpers import masks
+
+    out_ch, in_ch, k = 6, 4, 3
+    w = torch.randn(out_ch, in_ch, k, k, generator=torch.Generator().manual_seed(0))
+    drawn = {
+        "fine-grained: single weights": masks.fine_grained_mask(w, 0.5),
+        "N:M 2:4 (semi-structured): 2 kept in every 4": masks.nm_mask(w.reshape(out_ch, -1), 2, 4).reshape_as(w),
+        "vector: one row of a kernel (3 weights)": masks.vector_mask(w, 0.5),
+        "kernel: one 3×3 kernel": masks.kernel_mask(w, 0.5),
+        "filter: one output channel, w[o]": masks.filter_mask(w, 0.5),
+        "channel: one input channel, w[:, i]": masks.channel_mask(w, 0.5),
+    }
+    cols = in_ch * k * k
+    fig, axes = plt.subplots(3, 2, figsize=(11, 4.6))
+    for ax, (name, m) in zip(axes.flat, drawn.items()):
+        m = m.reshape(out_ch, cols).numpy()
+        ax.imshow(m, cmap=matplotlib.colors.ListedColormap([GREY, BLUE]), vmin=0, vmax=1)
+        ax.set_xticks(np.arange(-0.5, cols, 1), minor=True)
+        ax.set_yticks(np.arange(-0.5, out_ch, 1), minor=True)
         ax.grid(which="minor", color="white", lw=1)
-        ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
-        ax.set_title(f"{name}\n{1 - m.mean():.0%} pruned", fontsize=10)
-    fig.suptitle("one 8x8 weight, four granularities (blue = kept)", fontsize=11)
+        for c in range(k, cols, k):  # kernel rows (every kw columns), input channels (every kh x kw)
+            ax.axvline(c - 0.5, color="black" if c % (k * k) == 0 else "#7f7f7f", lw=1.4 if c % (k * k) == 0 else 0.6)
+        ax.set_xticks([i * k * k + (k * k - 1) / 2 for i in range(in_ch)], [f"in {i}" for i in range(in_ch)])
+        ax.set_yticks(range(out_ch), [f"out {o}" for o in range(out_ch)])
+        ax.tick_params(which="both", length=0, labelsize=7)
+        ax.set_title(f"{name} ({1 - m.mean():.0%} pruned)", fontsize=10)
+    fig.suptitle(f"one convolution weight [out {out_ch}, in {in_ch}, {k}×{k}] at six granularities (blue = kept, "
+                 f"grey = pruned)\neach row is one filter: its {in_ch} kernels side by side, each kernel row by row",
+                 fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

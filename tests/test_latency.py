@@ -80,3 +80,18 @@ def test_bad_inputs():
         latency.measure_latency(models.LeNet(), [1, 2, 3])
     with pytest.raises(TypeError):
         latency.compare_latency({}, torch.randn(1, 1, 28, 28))
+
+
+def test_paired_speedup_pairs_rounds_and_validates():
+    base = [0.010, 0.020, 0.010, 0.030, 0.010]
+    faster = [t / 2 for t in base]  # twice as fast in every round, however noisy the rounds are
+    s = latency.paired_speedup(base, faster)
+    assert s.median == s.low == s.high == 2.0 and s.verdict() == "faster" and s.rounds == 5
+    with pytest.raises(ValueError, match="same number"):
+        latency.paired_speedup(base, faster[:4])
+    with pytest.raises(ValueError, match="positive"):
+        latency.paired_speedup(base, [0.0] * 5)
+    with pytest.raises(TypeError):
+        latency.paired_speedup(0.1, faster)
+    calls = latency.time_calls([lambda: None, lambda: sum(range(2000))], warmup=1, repeats=5, threads=1)
+    assert latency.paired_speedup(calls[1], calls[0]).median > 1  # doing nothing beats a loop

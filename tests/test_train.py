@@ -206,3 +206,19 @@ def test_a_model_evaluated_inside_inference_mode_can_still_be_trained(small):
     train.with_teacher_outputs(model, data.subset(small.train.dataset, 64))
     assert not any(p.is_inference() for p in model.parameters())
     train.fine_tune(model, small.train, num_epochs=1, lr=0.01, progress=False)  # would fail on inference tensors
+
+
+def test_before_step_hooks_see_the_gradients_and_can_change_the_step(small):
+    model = models.LeNet()
+    seen = []
+
+    def freeze_fc3(m):  # zero a gradient between backward and step: with weight_decay=0, fc3 cannot move
+        seen.append(m.fc3.weight.grad is not None)
+        m.fc3.weight.grad.zero_()
+        m.fc3.bias.grad.zero_()
+
+    before = model.fc3.weight.detach().clone()
+    train.fine_tune(model, small.train, num_epochs=1, lr=0.01, weight_decay=0.0, momentum=0.0,
+                    before_step=[freeze_fc3], progress=False)
+    assert len(seen) == len(small.train) and all(seen)
+    assert torch.equal(model.fc3.weight.detach(), before) and not torch.equal(model.fc1.weight, models.LeNet().fc1.weight)

@@ -1,0 +1,34 @@
+"""Automatic checks for the chapters' exercises.
+
+Each ``check_…`` runs a learner's function on cases the notebook does not show (non-square tensors,
+negative weights, ties at the threshold, grouped convolutions, masks that must survive optimizer steps …)
+and compares it with what it must compute. A wrong answer raises :class:`CheckFailed` saying which case
+failed and what was expected; an exercise not written yet (``raise NotImplementedError``) says so. In
+Jupyter a failed check shows that one message, not a traceback. A passed check prints how many cases it ran.
+
+One module per chapter (``ch00_getting_started`` … ``ch06_deeplsp``) holds that chapter's checks; the shared
+harness (calling the learner's function, comparing, reporting) is in ``_harness``. Call them from here:
+``from deeplsp_helpers import checks; checks.check_density(density)``.
+"""
+
+from __future__ import annotations
+
+from ._harness import CheckFailed
+from .ch00_getting_started import check_conv_macs_formula, check_density, check_size_ratio
+from .ch01_granularity import check_csr_break_even, check_fine_grained_mask, check_row_nm_ok
+from .ch02_criteria import check_global_masks, check_gradient_score, check_taylor_one_layer
+from .ch03_timing import check_cubic_window, check_iterative_steps, check_keep_zero
+from .ch04_torch_prune import check_compound_sparsity, check_strip_pruning, check_threshold_pruning
+from .ch05_structured import check_conv_macs, check_filter_l1, check_keep_inputs
+from .ch06_deeplsp import check_global_sparsity, check_is_dead, check_speedup
+
+__all__ = [
+    "CheckFailed",
+    "check_density", "check_conv_macs_formula", "check_size_ratio",                  # 00
+    "check_row_nm_ok", "check_csr_break_even", "check_fine_grained_mask",            # 01
+    "check_taylor_one_layer", "check_gradient_score", "check_global_masks",          # 02
+    "check_iterative_steps", "check_keep_zero", "check_cubic_window",                # 03
+    "check_compound_sparsity", "check_threshold_pruning", "check_strip_pruning",     # 04
+    "check_filter_l1", "check_keep_inputs", "check_conv_macs",                       # 05
+    "check_is_dead", "check_global_sparsity", "check_speedup",                       # 06
+]
