@@ -1,19 +1,17 @@
 """The exercise checks accept a right answer and reject known-wrong ones, with a message, not a crash."""
 
+import copy
+import time
+
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from deeplsp_helpers import checks, criteria, masks, metrics
+from deeplsp_helpers import checks, criteria, masks, metrics, pruners, train
 from deeplsp_helpers.latency import compare_latency
 
 # ---- right answers ------------------------------------------------------------------------------------------
-
-
-def density(model):
-    total = sum(p.numel() for p in model.parameters())
-    return sum(int(p.count_nonzero()) for p in model.parameters()) / total
 
 
 def row_nm_ok(mask, n, m):
@@ -63,18 +61,6 @@ def keep_zero(layer_name, mask):
     return callback
 
 
-def cubic_window(step, begin, end, final):
-    t = min(max((step - begin) / (end - begin), 0.0), 1.0)
-    return final * (1 - (1 - t) ** 3)
-
-
-def compound_sparsity(amounts):
-    left = 1.0
-    for a in amounts:
-        left *= 1 - a
-    return 1 - left
-
-
 class ThresholdPruning(prune.BasePruningMethod):
     PRUNING_TYPE = "unstructured"
 
@@ -105,10 +91,6 @@ def keep_inputs(fc, keep):
     return new
 
 
-def conv_macs(conv, out):
-    return out[0].numel() * conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
-
-
 def is_dead(conv, bn, c):
     if conv.weight[c].abs().max() > 0 or (conv.bias is not None and conv.bias[c] != 0):
         return False
@@ -119,6 +101,73 @@ def is_dead(conv, bn, c):
 def speedup(baseline, candidate, inputs):
     res = compare_latency({"base": baseline, "cand": candidate}, inputs, warmup=3, repeats=15, threads=1)
     return res["base"].median_ms / res["cand"].median_ms
+
+
+# ---- chapter 00, 02, 05 answers (merged into tests/test_checks.py) -----------------------------------------
+
+
+def sparse_storage_bits(model, data_width=32, index_width=32):
+    return sum(int(p.count_nonzero()) for p in model.parameters()) * (data_width + index_width)
+
+
+def per_image_ms(model, batch_sizes):
+    from deeplsp_helpers import latency
+
+    return {bs: latency.measure_latency(model, torch.zeros(bs, 1, 4, 4), warmup=2, repeats=8, threads=1).median_ms / bs
+            for bs in batch_sizes}
+
+
+def pick_on_validation(models, loaders):
+    from deeplsp_helpers import train
+
+    return max(models, key=lambda name: train.evaluate(models[name], loaders.val))
+
+
+def spearman(a, b):
+    ranks = torch.stack([a.flatten().argsort().argsort(), b.flatten().argsort().argsort()]).double()
+    return torch.corrcoef(ranks)[0, 1].item()
+
+
+def coupled_layers(model, example_inputs, layer_name):
+    import torch_pruning as tp
+
+    names = {m: n for n, m in model.named_modules()}
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    group = graph.get_pruning_group(model.get_submodule(layer_name), tp.prune_conv_out_channels, idxs=[0])
+    return {names[dep.target.module] for dep, _ in group if dep.target.module in names}
+
+
+def speedup_at(dense, pruned, inputs):
+    from deeplsp_helpers import latency
+
+    return latency.compare_speedups({"d": dense, "p": pruned}, inputs, baseline="d", warmup=2, repeats=10)[1]["p"]
+
+
+def _global_threshold_masks(scores, sparsity):  # one global threshold that prunes every score tied with it
+    flat = torch.cat([v.flatten() for v in scores.values()])
+    k = round(sparsity * flat.numel())
+    if k == 0:
+        return {n: torch.ones_like(v) for n, v in scores.items()}
+    t = flat.kthvalue(k).values
+    return {n: (v > t).float() for n, v in scores.items()}
+
+
+def _taylor_variant(reduction="mean", accumulate=False, abs_of_mean=False):
+    def fn(model, layer_name, batches):
+        model.eval()
+        w = model.get_submodule(layer_name).weight
+        total, running, grads = torch.zeros_like(w), torch.zeros_like(w), []
+        for X, y in batches:
+            (g,) = torch.autograd.grad(nn.functional.cross_entropy(model(X), y, reduction=reduction), [w])
+            running = running + g
+            grads.append(running if accumulate else g)
+            total += (w.detach() * grads[-1]).abs()
+        return (w.detach() * torch.stack(grads).mean(0)).abs() if abs_of_mean else total / len(batches)
+    return fn
+
+
+class _Model(nn.Module):  # for pick_on_validation's wrong answers that return the model itself
+    pass
 
 
 # ---- wrong answers --------------------------------------------------------------------------------------------
@@ -182,118 +231,525 @@ def _view_not_copy(fc, keep):
     return new
 
 
-WRONG = {
-    "density": [
-        lambda m: sum(int(p.count_nonzero()) for n, p in m.named_parameters() if "weight" in n)
-        / sum(p.numel() for n, p in m.named_parameters() if "weight" in n),      # forgets biases
-        lambda m: 1 - density(m),                                                 # sparsity, not density
-    ],
-    "conv_macs_formula": [
-        lambda c_in, c_out, k, h, w: c_out * h * h * c_in * k * k,               # assumes a square output
-        lambda c_in, c_out, k, h, w: c_out * h * w * k * k,                       # forgets input channels
-    ],
-    "size_ratio": [
-        lambda m, w: w / 32,                                                      # upside down
-        lambda m, w: metrics.model_size(m, 32) / metrics.model_size(m, w, nonzero_only=True),  # skips zeros
-    ],
+
+# ---- chapters 01, 03, 04, 06: every right alternative the tasks allow, and wrong answers with their cause ----
+# A check that takes several functions (an experiment: a measurement and an answer read off it) gets a tuple.
+
+
+def csr_bits(w):
+    t = w.to_sparse_csr()
+    return 32 * (t.values().numel() + t.col_indices().numel() + t.crow_indices().numel())
+
+
+def _with_zeros(rows, cols, zeros):
+    w = torch.ones(rows * cols)
+    w[:zeros] = 0
+    return w.reshape(rows, cols)
+
+
+def break_even_by(bits):
+    def csr_break_even(rows, cols):
+        low, high = 0, rows * cols  # bits fall as zeros grow: bisect for the first count below dense
+        while low < high:
+            mid = (low + high) // 2
+            if bits(_with_zeros(rows, cols, mid)) < 32 * rows * cols:
+                high = mid
+            else:
+                low = mid + 1
+        return low / (rows * cols)
+    return csr_break_even
+
+
+def _csr_bits_int32(w):  # the real arrays, with 32-bit indices, counted in bytes
+    t = w.to_sparse_csr()
+    real = torch.sparse_csr_tensor(t.crow_indices().int(), t.col_indices().int(), t.values(), t.shape)
+    return 8 * sum(a.numel() * a.element_size() for a in (real.values(), real.col_indices(), real.crow_indices()))
+
+
+def _break_even_closed_form(rows, cols):  # nnz < (rows·cols - rows - 1) / 2
+    nnz = (rows * cols - rows - 1) // 2 if (rows * cols - rows - 1) % 2 else (rows * cols - rows - 1) // 2 - 1
+    return (rows * cols - nnz) / (rows * cols)
+
+
+def _csr_bits_rows(w):
+    return 64 * int((w != 0).sum()) + 32 * w.shape[0]
+
+
+def _csr_bits_int64(w):
+    t = w.to_sparse_csr()
+    return 8 * sum(a.numel() * a.element_size() for a in (t.values(), t.col_indices(), t.crow_indices()))
+
+
+def _fine_grained_bool(w, sparsity):
+    return fine_grained_mask(w, sparsity).bool()
+
+
+def _fine_grained_int(w, sparsity):
+    mask = torch.ones(w.numel())
+    mask[w.abs().flatten().argsort()[:int(sparsity * w.numel())]] = 0
+    return mask.reshape(w.shape)
+
+
+def _fine_grained_in_place(w, sparsity):
+    w.abs_()
+    return fine_grained_mask(w, sparsity)
+
+
+def accuracy_at(model, sparsity, X, y):
+    probe = copy.deepcopy(model).eval()
+    pruners.FineGrainedPruner(probe, pruners.global_threshold_sparsities(probe, sparsity)).apply(probe)
+    with torch.no_grad():
+        return 100.0 * (probe(X).argmax(1) == y).float().mean().item()
+
+
+def one_shot_limit(accuracies, dense, drop):
+    over = [s for s in sorted(accuracies) if dense - accuracies[s] > drop]
+    return over[0] if over else None
+
+
+def _accuracy_torch_prune(model, sparsity, X, y):  # the same global magnitude cut through torch.nn.utils.prune
+    probe = copy.deepcopy(model).eval()
+    layers = [(m, "weight") for m in probe.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=sparsity)
+    with torch.no_grad():
+        return 100 * (probe(X).argmax(1) == y).float().mean()  # a float32 tensor
+
+
+def _accuracy_in_place(model, sparsity, X, y):
+    pruners.FineGrainedPruner(model, pruners.global_threshold_sparsities(model, sparsity)).apply(model)
+    with torch.no_grad():
+        return 100.0 * (model.eval()(X).argmax(1) == y).float().mean().item()
+
+
+def _accuracy_train_mode(model, sparsity, X, y):
+    probe = copy.deepcopy(model)
+    pruners.FineGrainedPruner(probe, pruners.global_threshold_sparsities(probe, sparsity)).apply(probe)
+    with torch.no_grad():
+        return 100.0 * (probe(X).argmax(1) == y).float().mean().item()
+
+
+def _limit_at_least(accuracies, dense, drop):
+    over = [s for s in sorted(accuracies) if dense - accuracies[s] >= drop]
+    return over[0] if over else None
+
+
+def _limit_in_dict_order(accuracies, dense, drop):
+    return next((s for s, a in accuracies.items() if dense - a > drop), None)
+
+
+def _largest_safe(accuracies, dense, drop):
+    return max((s for s, a in accuracies.items() if dense - a <= drop), default=None)
+
+
+def _limit_abs(accuracies, dense, drop):
+    return min((s for s, a in accuracies.items() if abs(dense - a) > drop), default=None)
+
+
+def sparsity_after(layer, amounts):
+    probe = copy.deepcopy(layer)
+    for a in amounts:
+        prune.l1_unstructured(probe, "weight", amount=a)
+    return float((probe.weight == 0).float().mean())
+
+
+def compound_sparsity(zeros, amounts):
+    left = 1.0
+    for a in amounts:
+        left *= 1 - a
+    return max(zeros, 1 - left)
+
+
+def _sparsity_after_tensor(layer, amounts):  # a float32 0-d tensor is a fine answer
+    probe = copy.deepcopy(layer)
+    for a in amounts:
+        prune.l1_unstructured(probe, "weight", amount=a)
+    return (probe.weight == 0).float().mean()
+
+
+def _formula(zeros, amounts):
+    left = 1.0
+    for a in amounts:
+        left *= 1 - a
+    return 1 - left
+
+
+def _mask_zeros(layer, amounts):
+    probe = copy.deepcopy(layer)
+    for a in amounts:
+        prune.l1_unstructured(probe, "weight", amount=a)
+    return float((probe.weight_mask == 0).float().mean()) if amounts else float((probe.weight == 0).float().mean())
+
+
+def _sparsity_in_place(layer, amounts):
+    for a in amounts:
+        prune.l1_unstructured(layer, "weight", amount=a)
+    return float((layer.weight == 0).float().mean())
+
+
+class BoolThreshold(ThresholdPruning):  # a bool mask is a mask too
+    def compute_mask(self, t, default_mask):
+        return (t.abs() >= self.threshold) & default_mask.bool()
+
+
+class GlobalThreshold(ThresholdPruning):  # sees the whole tensor inside a container, so it combines the masks
+    PRUNING_TYPE = "global"
+
+
+class ZeroInPlace(ThresholdPruning):  # zeroes the weights, registers no mask
+    @classmethod
+    def apply(cls, module, name, threshold):
+        with torch.no_grad():
+            t = getattr(module, name)
+            t[t.abs() < threshold] = 0
+
+
+class ValuesNotMask(ThresholdPruning):
+    def compute_mask(self, t, default_mask):
+        return default_mask * t * (t.abs() >= self.threshold)
+
+
+def _strip_by_buffers(model):
+    for mod in model.modules():
+        for name in [n[:-len("_mask")] for n, _ in mod.named_buffers(recurse=False) if n.endswith("_mask")]:
+            prune.remove(mod, name)
+    return model
+
+
+def _strip_children_only(model):
+    for mod in model.children():
+        for hook in list(mod._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(mod, hook._tensor_name)
+    return model
+
+
+def _strip_weight_and_bias(model):
+    for mod in model.modules():
+        for name in ("weight", "bias"):
+            if hasattr(mod, f"{name}_mask"):
+                prune.remove(mod, name)
+    return model
+
+
+def _strip_everything(model):
+    for mod in model.modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+            prune.remove(mod, "weight")
+    return model
+
+
+def _strip_a_copy(model):
+    return copy.deepcopy(strip_pruning(model))
+
+
+def _keep_zero_data(name, mask):
+    def callback(model):
+        w = model.get_submodule(name).weight
+        w.data = w.data * mask  # a new tensor, but inside the same Parameter: the optimizer still holds it
+    return callback
+
+
+def _keep_zero_index(name, mask):
+    def callback(model):
+        with torch.no_grad():
+            model.get_submodule(name).weight[mask == 0] = 0
+    return callback
+
+
+def _keep_zero_new_parameter(name, mask):
+    def callback(model):
+        layer = model.get_submodule(name)
+        layer.weight = nn.Parameter(layer.weight.detach() * mask)  # the optimizer keeps the old tensor
+    return callback
+
+
+def _keep_zero_once(name, mask):
+    done = []
+
+    def callback(model):
+        if not done:
+            with torch.no_grad():
+                model.get_submodule(name).weight.mul_(mask)
+            done.append(True)
+    return callback
+
+
+def _keep_zero_getattr(name, mask):
+    def callback(model):
+        with torch.no_grad():
+            getattr(model, name).weight.mul_(mask)  # no dotted names
+    return callback
+
+
+def _is_dead_by_running(conv, bn, c):  # measured: feed random inputs through conv and BN
+    x = torch.randn(4, conv.in_channels, 7, 7, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return bool((bn.eval()(conv(x))[:, c] == 0).all())
+
+
+def _is_dead_after_relu(conv, bn, c):  # assumes a ReLU: a negative constant is dead
+    if conv.weight[c].abs().max() > 0:
+        return False
+    b = conv.bias[c] if conv.bias is not None else 0.0
+    out = bn.bias[c] + bn.weight[c] * (b - bn.running_mean[c]) / torch.sqrt(bn.running_var[c] + bn.eps)
+    return bool(out <= 0)
+
+
+def _is_dead_no_bias_check(conv, bn, c):
+    if conv.weight[c].abs().max() > 0 or conv.bias[c] != 0:
+        return False
+    return bool(_bn_of_zero(bn, c).abs() <= 1e-12)
+
+
+def _speedup_macs(baseline, candidate, inputs):
+    return metrics.count_macs(baseline, inputs) / metrics.count_macs(candidate, inputs)
+
+
+def _speedup_params(baseline, candidate, inputs):
+    return metrics.count_parameters(baseline) / metrics.count_parameters(candidate)
+
+
+RIGHT_ALSO = {  # the first answer is the notebook's; each one must pass
+    "row_nm_ok": [row_nm_ok, lambda mask, n, m: row_nm_ok(mask.float(), n, m)],
+    "csr_break_even": [(csr_bits, break_even_by(csr_bits)), (_csr_bits_int32, _break_even_closed_form),
+                       (lambda w: torch.tensor(float(csr_bits(w))), break_even_by(csr_bits))],
+    "fine_grained_mask": [fine_grained_mask, _fine_grained_bool, lambda w, s: fine_grained_mask(w, s).double()],
+    "iterative_steps": [iterative_steps,
+                        lambda final, n: [torch.tensor(s, dtype=torch.float32) for s in iterative_steps(final, n)]],
+    "keep_zero": [keep_zero, _keep_zero_data, _keep_zero_index],
+    "one_shot_limit": [(accuracy_at, one_shot_limit), (_accuracy_torch_prune, one_shot_limit)],
+    "compound_sparsity": [(sparsity_after, compound_sparsity),
+                          (_sparsity_after_tensor, lambda z, a: torch.tensor(compound_sparsity(z, a), dtype=torch.float32))],
+    "threshold_pruning": [ThresholdPruning, BoolThreshold, GlobalThreshold],
+    "strip_pruning": [strip_pruning, _strip_by_buffers],
+    "is_dead": [is_dead, _is_dead_by_running],
+    "global_sparsity": [lambda ratios, sizes: sum(r * sizes[k] for k, r in ratios.items()) / sum(sizes[k] for k in ratios),
+                        lambda ratios, sizes: (torch.tensor([ratios[k] for k in ratios], dtype=torch.float32)
+                                               @ torch.tensor([float(sizes[k]) for k in ratios]))
+                        / sum(sizes[k] for k in ratios)],
+    "speedup": [speedup],
+}
+
+WRONG_TOLD = {  # (wrong answer, what the message must say)
     "row_nm_ok": [
-        lambda mask, n, m: row_nm_ok(mask[:, : mask.shape[1] // m * m], n, m),    # ignores the ragged tail
-        lambda mask, n, m: row_nm_ok(mask.T.contiguous(), n, m),                 # groups along columns
-        lambda mask, n, m: bool((nn.functional.pad(mask, (0, (-mask.shape[1]) % m))
-                                 .reshape(mask.shape[0], -1, m).sum(-1) < n).all()),  # < instead of <=
+        (lambda mask, n, m: row_nm_ok(mask[:, : mask.shape[1] // m * m], n, m) if mask.shape[1] >= m else True,
+         "shorter group"),
+        (lambda mask, n, m: row_nm_ok(mask.T.contiguous(), n, m), "along each row"),
+        (lambda mask, n, m: bool((nn.functional.pad(mask.float(), (0, (-mask.shape[1]) % m))
+                                  .reshape(mask.shape[0], -1, m).sum(-1) < n).all()), "exactly n ones"),
+        (lambda mask, n, m: bool((mask.float().sum(1) <= n * -(-mask.shape[1] // m)).all()), "not the row on average"),
+        (lambda mask, n, m: torch.tensor(row_nm_ok(mask, n, m)), "Python bool"),
     ],
     "csr_break_even": [
-        lambda rows, cols: 0.5,                                                   # forgets the row pointers
-        lambda rows, cols: 1 - (32 * rows * cols - 32 * rows) / (64 * rows * cols),  # rows, not rows + 1
+        ((_csr_bits_rows, break_even_by(_csr_bits_rows)), "rows \\+ 1"),
+        ((_csr_bits_int64, break_even_by(_csr_bits_int64)), "32 bits per index"),
+        ((lambda w: csr_bits(w) // 8, break_even_by(csr_bits)), "bits, not bytes"),
+        ((lambda w: 32 * w.numel(), break_even_by(csr_bits)), "that is the dense storage"),
+        ((csr_bits, lambda rows, cols: (rows * cols + rows + 1) / (2 * rows * cols)), "not|equal"),
+        ((csr_bits, break_even_by(lambda w: csr_bits(w) - 1)), "not fewer|equal is not smaller"),
+        ((csr_bits, lambda rows, cols: break_even_by(csr_bits)(rows, cols) + 1 / (rows * cols)), "not the smallest"),
     ],
     "fine_grained_mask": [
-        _signed_mask,                                                             # ranks by signed value
-        _mask_with_ties_over,                                                     # prunes all ties
-        lambda w, s: fine_grained_mask(w, s)[0],                                  # wrong shape
+        (_signed_mask, "not by the signed value"),
+        (_mask_with_ties_over, "split the ties"),
+        (lambda w, s: fine_grained_mask(w, s)[0], "shape"),
+        (_fine_grained_int, "int\\(\\) truncates"),
+        (lambda w, s: w * fine_grained_mask(w, s), "only 0 and 1"),
+        (lambda w, s: fine_grained_mask(w, s).long(), "float 0/1 tensor or a bool tensor"),
+        (_fine_grained_in_place, "leave w unchanged"),
     ],
+    "iterative_steps": [
+        (lambda final, n: [final * k / n for k in range(1, n + 1)], "remaining weights"),
+        (lambda final, n: [1 - (1 - final) ** (1 / n)] * n, "the rate r"),
+        (lambda final, n: [0.0] + iterative_steps(final, n), "leave out the starting 0"),
+        (lambda final, n: (s for s in iterative_steps(final, n)), "return a list"),
+    ],
+    "keep_zero": [
+        (lambda name, mask: (lambda model: None), "are not zero"),
+        (lambda name, mask: (lambda model: model.get_submodule(name).weight.data.mul_(1 - mask)), "the mask is 1 = keep"),
+        (lambda name, mask: (lambda model: [p.data.mul_(0) for p in model.get_submodule(name).parameters()]),
+         "changed out.bias"),
+        (_keep_zero_new_parameter, "optimizer still updates the old one"),
+        (_keep_zero_once, "after every step"),
+        (_keep_zero_getattr, "AttributeError"),
+        (lambda name, mask: 0, "must return a callback"),
+    ],
+    "one_shot_limit": [
+        ((_accuracy_in_place, one_shot_limit), "changed the model"),
+        ((_accuracy_train_mode, one_shot_limit), "eval mode"),
+        ((lambda *args: accuracy_at(*args) / 100, one_shot_limit), "percent"),
+        ((lambda model, s, X, y: accuracy_at(model, 0.0, X, y), one_shot_limit), "dense model's accuracy"),
+        ((accuracy_at, _limit_at_least), "exactly drop points is not more"),
+        ((accuracy_at, _limit_in_dict_order), "not in order"),
+        ((accuracy_at, _largest_safe), "largest sparsity that stays within"),
+        ((accuracy_at, _limit_abs), "more accurate than dense"),
+        ((accuracy_at, lambda acc, dense, drop: one_shot_limit(acc, dense, drop) or max(acc)), "return None"),
+    ],
+    "compound_sparsity": [
+        ((_mask_zeros, compound_sparsity), "mask's zeros"),
+        ((_sparsity_in_place, compound_sparsity), "changed the layer"),
+        ((lambda layer, amounts: _formula(0, amounts), compound_sparsity), "that is the formula"),
+        ((lambda layer, amounts: 100 * sparsity_after(layer, amounts), compound_sparsity), "not a percentage"),
+        ((sparsity_after, _formula), "prunes them first"),
+        ((sparsity_after, lambda z, a: z + (1 - z) * _formula(z, a)), "not spared"),
+        ((sparsity_after, lambda z, a: min(1.0, sum(a))), "fraction of what the earlier calls left"),
+    ],
+    "threshold_pruning": [
+        (SignedThreshold, "magnitude"), (StrictThreshold, "exactly at the threshold stays"),
+        (ZeroInPlace, "super\\(\\).apply"),
+        (ValuesNotMask, "only 0 and 1"),
+    ],
+    "strip_pruning": [
+        (_remove_weight_only, "these remain"), (_drop_hooks, "these remain"),
+        (lambda model: strip_pruning(model) and None, "return it"), (_strip_a_copy, "the same object"),
+        (_strip_children_only, "nested"), (_strip_weight_and_bias, "whatever its name"),
+        (_strip_everything, "ValueError"),
+    ],
+    "is_dead": [
+        (lambda conv, bn, c: bool((conv.weight[c] == 0).all()), "should be alive"),
+        (lambda conv, bn, c: bool((conv.weight[c] == 0).all() and bn.weight[c] == 0 and bn.bias[c] == 0),
+         "running mean 0 and beta 0"),
+        (lambda conv, bn, c: bool((conv.weight[c] == 0).all() and _bn_of_zero(bn, c) == 0), "conv bias"),
+        (lambda conv, bn, c: bool(conv.weight[c].sum() == 0 and conv.bias[c] == 0 and _bn_of_zero(bn, c) == 0),
+         "sums to zero"),
+        (lambda conv, bn, c: bool((conv.weight[c] == 0).all() and conv.bias[c] == 0 and bn.bias[c] == 0),
+         "running mean 0.4"),
+        (_is_dead_after_relu, "a constant channel is not dead"),
+        (lambda conv, bn, c: torch.tensor(is_dead(conv, bn, c)), "Python bool"),
+        (_is_dead_no_bias_check, "TypeError"),
+    ],
+    "global_sparsity": [
+        (lambda ratios, sizes: sum(ratios.values()) / len(ratios), "weight each layer"),
+        (lambda ratios, sizes: sum(r * sizes[k] for k, r in ratios.items()) / sum(sizes.values()), "layers in ratios"),
+        (lambda ratios, sizes: sum(r * s for r, s in zip(ratios.values(), sizes.values())) / sum(sizes[k] for k in ratios),
+         "by layer name"),
+    ],
+    "speedup": [
+        (lambda b, c, x: 1 / speedup(b, c, x), "upside down"), (lambda b, c, x: 1.0, "> 3x faster"),
+        (_speedup_macs, "That is the MAC ratio"), (_speedup_params, "42 layers"),
+        (lambda b, c, x: None, "positive number"),
+    ],
+}
+
+
+
+WRONG_TOLD_00_02_05 = {  # chapters 00, 02, 05: (wrong answer, what the message must say)
+    "sparse_storage_bits": [
+        (lambda m, data_width=32, index_width=32: sum(p.numel() for p in m.parameters()) * data_width, "dense size"),
+        (lambda m, data_width=32, index_width=32: sum(int(p.count_nonzero()) for p in m.parameters()) * data_width,
+         "index"),
+        (lambda m, data_width=32, index_width=32: sum(int(t.count_nonzero()) for t in m.state_dict().values())
+         * (data_width + index_width), "not buffers"),
+        (lambda m, data_width=32, index_width=32: sum(p.numel() for p in m.parameters()) * (data_width + index_width),
+         "zeros are not stored"),
+    ],
+    "per_image_ms": [
+        (lambda m, sizes: {bs: v * bs for bs, v in per_image_ms(m, sizes).items()}, "whole batch"),
+        (lambda m, sizes: {bs: v / 1000 for bs, v in per_image_ms(m, sizes).items()}, "seconds"),
+        (lambda m, sizes: [per_image_ms(m, sizes)[bs] for bs in sizes], "dict"),
+    ],
+    "pick_on_validation": [
+        (lambda models, loaders: max(models, key=lambda n: train.evaluate(models[n], loaders.test)), "test split"),
+        (lambda models, loaders: max(models, key=lambda n: train.evaluate(models[n], loaders.train)), "training split"),
+        (lambda models, loaders: models[pick_on_validation(models, loaders)], "name"),
+        (lambda models, loaders: next(iter(models)), "best model on validation"),
+    ],
+    "spearman": [
+        (lambda a, b: torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item(), "Pearson"),
+        (lambda a, b: torch.corrcoef(torch.stack([a.flatten().argsort(), b.flatten().argsort()]).double())[0, 1].item(),
+         "argsort once"),
+        (lambda a, b: spearman(a, b) > 0, "number"),
+    ],
+    "taylor_one_layer": [
+        (_taylor_variant(reduction="sum"), "not the sum"),
+        (_taylor_variant(accumulate=True), "accumulated"),
+        (_taylor_variant(abs_of_mean=True), "mean g"),
+        (lambda model, name, batches: one_layer(lambda w, g: (w * g).abs())(model, name, batches).sum(0), "shape"),
+    ],
+    "global_masks": [
+        (_global_threshold_masks, "tie"),
+        (lambda scores, s: {k: m.bool() for k, m in global_masks(scores, s).items()}, "float masks"),
+    ],
+    "coupled_layers": [
+        (lambda m, x, layer: {layer}, "missing"),
+        (lambda m, x, layer: coupled_layers(m, x, layer) | {"_ElementWiseOp"}, "not modules"),
+        (lambda m, x, layer: sorted(coupled_layers(m, x, layer)).__len__(), "set of module names"),
+    ],
+    "speedup_at": [
+        (lambda d, p, x: speedup_at(p, d, x), "the other way round"),
+        (lambda d, p, x: speedup_at(d, p, x).median, "latency.Speedup"),
+        (lambda d, p, x: speedup_at(d, d, x), "should be about"),
+    ],
+}
+
+WRONG = {
+    **{name: [answer for answer, _ in told] for name, told in WRONG_TOLD.items()},
     "taylor_one_layer": [
         one_layer(lambda w, g: w * g),                                            # no absolute value
         lambda model, name, batches: one_layer(lambda w, g: (w * g).abs())(model, name, batches[:1]),  # 1 batch
     ],
-    "gradient_score": [
-        lambda model, name, batches: one_layer(lambda w, g: g)(model, name, batches).abs(),  # |mean g|
-        lambda model, name, batches: one_layer(lambda w, g: (w * g).abs())(model, name, batches),  # Taylor
-    ],
     "global_masks": [_per_layer_masks,
                      lambda scores, s: {k: _mask_with_ties_over(v, s) for k, v in scores.items()}],
-    "iterative_steps": [
-        lambda final, n: [final * k / n for k in range(1, n + 1)],                # linear
-        lambda final, n: [1 - (1 - final) ** (1 / n)] * n,                        # the rate, not the sparsity
-    ],
-    "keep_zero": [
-        lambda name, mask: (lambda model: None),                                  # forgets the mask
-        lambda name, mask: (lambda model: model.get_submodule(name).weight.data.mul_(1 - mask)),  # inverted
-        lambda name, mask: (lambda model: [p.data.mul_(0) for p in model.get_submodule(name).parameters()]),
-    ],
-    "cubic_window": [
-        lambda step, begin, end, final: final * (1 - (1 - (step - begin) / (end - begin)) ** 3),  # no clamps
-        lambda step, begin, end, final: final * min(max((step - begin) / (end - begin), 0), 1),   # linear
-    ],
-    "compound_sparsity": [lambda amounts: min(sum(amounts), 1.0), lambda amounts: amounts[-1] if amounts else 0.0],
-    "threshold_pruning": [SignedThreshold, StrictThreshold],
-    "strip_pruning": [_remove_weight_only, _drop_hooks],
-    "filter_l1": [
-        lambda conv: conv.weight.detach().flatten(1).sum(1),                      # no absolute value
-        lambda conv: conv.weight.detach().flatten(1).norm(dim=1),                 # L2
-        lambda conv: conv.weight.detach().abs().transpose(0, 1).flatten(1).sum(1),  # per input channel
-    ],
     "keep_inputs": [_no_bias, _view_not_copy,
                     lambda fc, keep: keep_inputs(fc, keep.sort().values)],        # reorders the inputs
-    "conv_macs": [
-        lambda conv, out: out[0].numel() * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1],  # groups
-        lambda conv, out: out[0].numel() * conv.in_channels // conv.groups * conv.kernel_size[0] ** 2,    # square k
-    ],
-    "is_dead": [
-        lambda conv, bn, c: bool((conv.weight[c] == 0).all()),                    # ignores BN and bias
-        lambda conv, bn, c: bool((conv.weight[c] == 0).all() and bn.weight[c] == 0 and bn.bias[c] == 0),
-        lambda conv, bn, c: bool((conv.weight[c] == 0).all() and _bn_of_zero(bn, c) == 0),  # ignores the conv bias
-    ],
-    "global_sparsity": [
-        lambda ratios, sizes: sum(ratios.values()) / len(ratios),                 # unweighted
-        lambda ratios, sizes: sum(r * sizes[k] for k, r in ratios.items()) / sum(sizes.values()),  # all sizes
-    ],
-    "speedup": [lambda b, c, x: 1 / speedup(b, c, x), lambda b, c, x: 1.0],
+    **{name: [answer for answer, _ in told] for name, told in WRONG_TOLD_00_02_05.items()},
 }
 
 RIGHT = {
-    "density": density, "conv_macs_formula": lambda c_in, c_out, k, h, w: c_out * h * w * c_in * k * k,
-    "size_ratio": lambda m, w: metrics.model_size(m, 32) / metrics.model_size(m, w),
-    "row_nm_ok": row_nm_ok,
-    "csr_break_even": lambda rows, cols: 1 - (32 * rows * cols - 32 * (rows + 1)) / (64 * rows * cols),
-    "fine_grained_mask": fine_grained_mask, "taylor_one_layer": one_layer(lambda w, g: (w * g).abs()),
-    "gradient_score": one_layer(lambda w, g: g.abs()), "global_masks": global_masks,
-    "iterative_steps": iterative_steps, "keep_zero": keep_zero, "cubic_window": cubic_window,
-    "compound_sparsity": compound_sparsity, "threshold_pruning": ThresholdPruning, "strip_pruning": strip_pruning,
-    "filter_l1": lambda conv: conv.weight.detach().abs().flatten(1).sum(1), "keep_inputs": keep_inputs,
-    "conv_macs": conv_macs, "is_dead": is_dead,
-    "global_sparsity": lambda ratios, sizes: sum(r * sizes[k] for k, r in ratios.items()) / sum(sizes[k] for k in ratios),
-    "speedup": speedup,
+    "sparse_storage_bits": sparse_storage_bits, "per_image_ms": per_image_ms,
+    "pick_on_validation": pick_on_validation, "spearman": spearman,
+    "taylor_one_layer": one_layer(lambda w, g: (w * g).abs()), "global_masks": global_masks,
+    "coupled_layers": coupled_layers, "keep_inputs": keep_inputs, "speedup_at": speedup_at,
+    **{name: answers[0] for name, answers in RIGHT_ALSO.items()},  # chapters 01, 03, 04, 06: the notebook's answer
 }
 
 
 def test_every_check_has_a_right_and_wrong_answers():
-    names = sorted(n[len("check_"):] for n in checks.__all__ if n.startswith("check_"))
+    names = sorted(n[len("check_"):] for n in checks.__all__ if n.startswith("check_") and n != "check_answer")
     assert names == sorted(RIGHT) == sorted(WRONG)
     assert all(len(v) >= 2 for v in WRONG.values())
 
 
+def test_every_check_of_chapters_01_03_04_06_has_right_alternatives_and_wrong_answers_with_causes():
+    from deeplsp_helpers.checks import ch01_granularity, ch03_timing, ch04_torch_prune, ch06_deeplsp
+
+    modules = (ch01_granularity, ch03_timing, ch04_torch_prune, ch06_deeplsp)
+    names = sorted(n[len("check_"):] for m in modules for n in vars(m) if n.startswith("check_"))
+    assert names == sorted(RIGHT_ALSO) == sorted(WRONG_TOLD)
+    assert all(f"check_{n}" in checks.__all__ for n in names)
+    assert all(len(v) >= 2 for v in WRONG_TOLD.values())
+
+
+def _args(answer):
+    """A check's arguments: one function, or a tuple of them (an experiment: the measurement, then the answer)."""
+    return answer if isinstance(answer, tuple) else (answer,)
+
+
 @pytest.mark.parametrize("name", sorted(RIGHT))
 def test_right_answer_passes(name, capsys):
-    getattr(checks, f"check_{name}")(RIGHT[name])
+    getattr(checks, f"check_{name}")(*_args(RIGHT[name]))
+    assert "hidden cases passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name,index", [(n, i) for n in sorted(RIGHT_ALSO) for i in range(len(RIGHT_ALSO[n]))])
+def test_every_right_alternative_passes(name, index, capsys):
+    getattr(checks, f"check_{name}")(*_args(RIGHT_ALSO[name][index]))
     assert "hidden cases passed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name,index", [(n, i) for n in sorted(WRONG) for i in range(len(WRONG[n]))])
 def test_wrong_answer_fails_with_a_message(name, index):
     with pytest.raises(checks.CheckFailed) as info:
-        getattr(checks, f"check_{name}")(WRONG[name][index])
+        getattr(checks, f"check_{name}")(*_args(WRONG[name][index]))
     assert len(str(info.value)) > 20
     assert info.value._render_traceback_() == [f"CheckFailed: {info.value}"]
+
+
+@pytest.mark.parametrize("name,index", [(n, i) for n in sorted(WRONG_TOLD) for i in range(len(WRONG_TOLD[n]))])
+def test_wrong_answer_is_told_what_is_wrong(name, index):
+    answer, says = WRONG_TOLD[name][index]
+    with pytest.raises(checks.CheckFailed, match=says):
+        getattr(checks, f"check_{name}")(*_args(answer))
 
 
 @pytest.mark.parametrize("name", sorted(RIGHT))
@@ -306,12 +762,12 @@ def test_unwritten_exercise_says_so(name):
         stub = type("Stub", (prune.BasePruningMethod,), {"PRUNING_TYPE": "unstructured", "compute_mask": unwritten,
                                                           "apply": classmethod(unwritten)})
     with pytest.raises(checks.CheckFailed, match="not written yet"):
-        getattr(checks, f"check_{name}")(stub)
+        getattr(checks, f"check_{name}")(*[stub] * len(_args(RIGHT[name])))
 
 
 def test_checks_reject_a_value_instead_of_a_function():
     with pytest.raises(TypeError, match="your function"):
-        checks.check_density(0.5)
+        checks.check_global_sparsity(0.5)
     with pytest.raises(TypeError, match="BasePruningMethod"):
         checks.check_threshold_pruning(strip_pruning)
 
@@ -336,3 +792,52 @@ def test_a_check_leaves_the_global_random_state_alone():
     torch.manual_seed(123)
     checks.check_fine_grained_mask(fine_grained_mask)  # this check seeds the RNG for its hidden cases
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("name", sorted(RIGHT_ALSO))
+def test_checks_of_chapters_01_03_04_06_leave_the_random_state_alone_and_are_fast(name, capsys):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    start = time.perf_counter()
+    getattr(checks, f"check_{name}")(*_args(RIGHT[name]))
+    seconds = time.perf_counter() - start
+    assert torch.equal(torch.rand(3), expected)
+    assert seconds < 4.5, f"check_{name} took {seconds:.1f} s (meant to take under 1.5 s; generous on a busy machine)"
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("name", sorted(n for n in RIGHT_ALSO if isinstance(RIGHT[n], tuple)))
+def test_an_experiment_check_says_which_function_is_not_written(name):
+    def unwritten(*args, **kwargs):
+        raise NotImplementedError("Exercise: write it")
+
+    measure, answer = RIGHT[name]
+    with pytest.raises(checks.CheckFailed, match="not written yet"):
+        getattr(checks, f"check_{name}")(measure, unwritten)
+    with pytest.raises(TypeError, match="your function"):
+        getattr(checks, f"check_{name}")(measure, 0.5)  # a value, not the function
+
+
+
+@pytest.mark.parametrize("name,index", [(n, i) for n in sorted(WRONG_TOLD_00_02_05)
+                                        for i in range(len(WRONG_TOLD_00_02_05[n]))])
+def test_wrong_answers_of_chapters_00_02_05_are_told_what_is_wrong(name, index):
+    answer, says = WRONG_TOLD_00_02_05[name][index]
+    with pytest.raises(checks.CheckFailed, match=says):
+        getattr(checks, f"check_{name}")(answer)
+
+
+def test_an_answer_read_off_a_measurement_is_checked_against_that_measurement(capsys):
+    measured = {"lenet": 6.0, "vgg": 1.8}
+    checks.check_answer("the model batching helps most", "lenet", lambda: max(measured, key=measured.get))
+    assert "as your measurement says" in capsys.readouterr().out
+    checks.check_answer("a ratio", torch.tensor(0.5, dtype=torch.float32), 0.5)  # a float32 tensor is fine
+    with pytest.raises(checks.CheckFailed, match="your own measurement above gives 'lenet'"):
+        checks.check_answer("the model batching helps most", "vgg", lambda: max(measured, key=measured.get))
+    with pytest.raises(checks.CheckFailed, match="not written yet"):
+        checks.check_answer("q", ..., lambda: 1 / 0)  # the expected value is not computed before an answer exists
+    with pytest.raises(checks.CheckFailed):
+        checks.check_answer("a flag", 1, True)  # 1 is not True: a yes/no question takes a bool
+    with pytest.raises(TypeError):
+        checks.check_answer("", 1, 1)

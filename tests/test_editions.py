@@ -59,7 +59,15 @@ class Scaler:
             call()
 
 
-@pytest.mark.parametrize("source", ["x = 1\n", "def f(): return 1\n", "for i in range(3):\n    pass\n"])
+def test_stub_source_blanks_answers_read_off_a_measurement():
+    stub = editions.stub_source("def f(x):\n    return 2 * x\n\n\nanswer_best = max([3, 1], key=f)\n")
+    namespace = {}
+    exec(compile(stub, "stub", "exec"), namespace)
+    assert namespace["answer_best"] is Ellipsis and "max(" not in stub
+
+
+@pytest.mark.parametrize("source", ["x = 1\n", "answer_a, b = 1, 2\n", "def f(): return 1\n",
+                                    "for i in range(3):\n    pass\n"])
 def test_stub_source_refuses_what_it_cannot_stub(source):
     with pytest.raises(ValueError):
         editions.stub_source(source)
@@ -95,7 +103,8 @@ def test_student_edition_is_valid_has_no_solutions_and_fails_helpfully(tmp_path,
             assert not _bodies(solution.source) & _bodies(stub.source), stub.source
             assert all(b.startswith("raise NotImplementedError(") for b in _bodies(stub.source)), stub.source
             exec(compile(stub.source, student_path.name, "exec"), namespace)
-            check_call = code[code.index(stub) + 1].source.splitlines()[0]
+            check_source = code[code.index(stub) + 1].source
+            check_call = ast.get_source_segment(check_source, ast.parse(check_source).body[0])  # its first statement
             with pytest.raises(checks.CheckFailed, match="not written yet") as info:
                 exec(check_call, namespace)
             assert len(info.value._render_traceback_()) == 1, check_call

@@ -7,7 +7,8 @@ from the repository root (the Makefile does)::
     python tools/editions.py html      # site/index.html + one page per chapter, opens from disk
     python tools/editions.py results   # RESULTS.md and the results table in README.md
 
-Cells tagged ``solution`` hold an exercise's answer (imports, functions and classes only); the cell after
+Cells tagged ``solution`` hold an exercise's answer (imports, functions, classes, and ``answer_… = …``
+assignments for answers read off a measurement, which the student edition turns into ``answer_… = ...``); the cell after
 each calls a check from ``deeplsp_helpers.checks``. The cell tagged ``summary`` prints the chapter's
 measured numbers, one line of which starts with ``Headline:``.
 """
@@ -74,6 +75,9 @@ def stub_source(source: str) -> str:
             out += lines[node.lineno - 1:node.end_lineno]
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             out += _stub_def(node, lines)
+        elif (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+              and node.targets[0].id.startswith("answer_")):
+            out.append(f"{node.targets[0].id} = ...  # your answer, read off your own measurement above")
         elif isinstance(node, ast.ClassDef):
             first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
             out += lines[first - 1:node.body[0].lineno - 1]
@@ -87,8 +91,8 @@ def stub_source(source: str) -> str:
                 out.append("")
             out.pop()
         else:
-            raise ValueError(f"a solution cell may hold only imports, functions and classes; line {node.lineno} "
-                             f"is a {type(node).__name__}")
+            raise ValueError(f"a solution cell may hold only imports, functions, classes and `answer_… = …` "
+                             f"assignments; line {node.lineno} is a {type(node).__name__}")
         out.append("")
         out.append("")
     return "\n".join(out).strip() + "\n"

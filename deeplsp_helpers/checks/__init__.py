@@ -14,21 +14,23 @@ harness (calling the learner's function, comparing, reporting) is in ``_harness`
 from __future__ import annotations
 
 from ._harness import CheckFailed
-from .ch00_getting_started import check_conv_macs_formula, check_density, check_size_ratio
+from .answers import check_answer
+from .ch00_getting_started import check_per_image_ms, check_pick_on_validation, check_sparse_storage_bits
 from .ch01_granularity import check_csr_break_even, check_fine_grained_mask, check_row_nm_ok
-from .ch02_criteria import check_global_masks, check_gradient_score, check_taylor_one_layer
-from .ch03_timing import check_cubic_window, check_iterative_steps, check_keep_zero
+from .ch02_criteria import check_global_masks, check_spearman, check_taylor_one_layer
+from .ch03_timing import check_iterative_steps, check_keep_zero, check_one_shot_limit
 from .ch04_torch_prune import check_compound_sparsity, check_strip_pruning, check_threshold_pruning
-from .ch05_structured import check_conv_macs, check_filter_l1, check_keep_inputs
+from .ch05_structured import check_coupled_layers, check_keep_inputs, check_speedup_at
 from .ch06_deeplsp import check_global_sparsity, check_is_dead, check_speedup
 
 __all__ = [
     "CheckFailed",
-    "check_density", "check_conv_macs_formula", "check_size_ratio",                  # 00
+    "check_answer",                                                                  # experiments
+    "check_sparse_storage_bits", "check_per_image_ms", "check_pick_on_validation",   # 00
     "check_row_nm_ok", "check_csr_break_even", "check_fine_grained_mask",            # 01
-    "check_taylor_one_layer", "check_gradient_score", "check_global_masks",          # 02
-    "check_iterative_steps", "check_keep_zero", "check_cubic_window",                # 03
+    "check_taylor_one_layer", "check_spearman", "check_global_masks",                # 02
+    "check_iterative_steps", "check_keep_zero", "check_one_shot_limit",              # 03
     "check_compound_sparsity", "check_threshold_pruning", "check_strip_pruning",     # 04
-    "check_filter_l1", "check_keep_inputs", "check_conv_macs",                       # 05
+    "check_coupled_layers", "check_keep_inputs", "check_speedup_at",                 # 05
     "check_is_dead", "check_global_sparsity", "check_speedup",                       # 06
 ]

@@ -1,57 +1,175 @@
-"""Chapter 00, getting started: density, the MACs of a convolution, the size of a model."""
+"""Chapter 00, getting started: what sparse storage costs, batching measured, choices made on validation."""
 
 from __future__ import annotations
 
-import copy
+import time
+from collections import namedtuple
 
 import torch
 from torch import nn
 
-from ._harness import _call, _callable, _close, _expect, _number, _own_rng, _passed, _tiny_mlp
+from ._harness import CheckFailed, _callable, _expect, _number, _own_rng, _passed, _tiny_mlp
+
+_Loaders = namedtuple("Loaders", "train val test")
+
+
+def _call_checked(name, fn, *args, **kwargs):
+    """Like the harness's call, but lets the test-split sentinel through so the check can name the mistake."""
+    from ._harness import _call
+
+    def guarded(*a, **k):
+        try:
+            return fn(*a, **k)
+        except _TestSplitRead as exc:
+            raise _Passthrough(exc) from None
+
+    try:
+        return _call(name, guarded, *args, **kwargs)
+    except _Passthrough as p:
+        raise p.inner from None
+
+
+class _Passthrough(CheckFailed):
+    def __init__(self, inner):
+        super().__init__("test split read")
+        self.inner = inner
+
+
+def _same_number(got, want, rel=1e-6):
+    """An int, float or one-element tensor (any dtype) equal to ``want`` up to float32 rounding."""
+    got = _number(got)
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        return False
+    return abs(got - want) <= rel * max(1.0, abs(want))
 
 
 @_own_rng
-def check_density(density):
-    """density(model): fraction of non-zero entries over all parameters (weights and biases)."""
-    _callable(density, "density")
-    model = _tiny_mlp()
-    cases = [(copy.deepcopy(model), 1.0)]
+def check_sparse_storage_bits(sparse_storage_bits):
+    """sparse_storage_bits(model, data_width=32, index_width=32): bits to store only the non-zero parameters,
+    each with its value (data_width bits) and its position (index_width bits)."""
+    _callable(sparse_storage_bits, "sparse_storage_bits")
+    mlp = _tiny_mlp()
     with torch.no_grad():
-        model.hidden.weight[:, :6] = 0
-        model.out.bias[0] = 0
-    total = sum(p.numel() for p in model.parameters())
-    cases.append((model, (total - 7 * 6 - 1) / total))
-    for m, want in cases:
-        got = _number(_call("density", density, m))
-        _expect(_close(got, want), f"density of a model with {total - round(want * total)} zeros in {total} "
-                                   f"parameters (biases count too) should be {want:.6f}, got {got!r}")
-    _passed("density", len(cases))
-
-
-@_own_rng
-def check_conv_macs_formula(conv_macs):
-    """conv_macs(c_in, c_out, k, h_out, w_out): MACs per sample of a k×k convolution."""
-    from ..metrics import count_macs
-
-    _callable(conv_macs, "conv_macs")
-    cases = [(6, 16, 5, 8, 8), (3, 7, 3, 10, 4), (1, 2, 1, 1, 1), (4, 4, 2, 3, 9)]
-    for c_in, c_out, k, h, w in cases:
-        want = count_macs(nn.Conv2d(c_in, c_out, k), (c_in, h + k - 1, w + k - 1))
-        got = _number(_call("conv_macs", conv_macs, c_in, c_out, k, h, w))
-        _expect(got == want, f"conv_macs{(c_in, c_out, k, h, w)} (output {h}×{w}, not square) should be "
-                             f"{want:,} (torchprofile agrees), got {got!r}")
-    _passed("conv_macs", len(cases))
-
-
-@_own_rng
-def check_size_ratio(size_ratio):
-    """size_ratio(model, data_width): how many times smaller the model is at data_width bits than at 32."""
-    _callable(size_ratio, "size_ratio")
-    model = _tiny_mlp()
+        mlp.hidden.weight[:, :6] = 0
+        mlp.out.bias[0] = 0
+    torch.manual_seed(1)
+    conv_bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))  # BN buffers are not parameters
     with torch.no_grad():
-        model.hidden.weight[:3] = 0  # zeros are stored like any other number in a dense tensor
-    for width in (8, 16, 4, 32):
-        got = _number(_call("size_ratio", size_ratio, model, width))
-        _expect(_close(got, 32 / width), f"size_ratio(model, {width}) should be {32 / width:g} (dense storage: "
-                                         f"zeros take their bits too), got {got!r}")
-    _passed("size_ratio", 4)
+        conv_bn[0].weight[:2] = 0
+    cases = [(mlp, 32, 32), (conv_bn, 32, 32), (mlp, 8, 16), (conv_bn, 16, 8)]
+    for model, data_width, index_width in cases:
+        numel = sum(p.numel() for p in model.parameters())
+        nnz = sum(int(p.count_nonzero()) for p in model.parameters())
+        buffers = sum(int(b.count_nonzero()) for b in model.buffers())
+        want = nnz * (data_width + index_width)
+        got = _call_checked("sparse_storage_bits", sparse_storage_bits, model, data_width=data_width,
+                            index_width=index_width)
+        if _same_number(got, want):
+            continue
+        why = "count each non-zero parameter once, with its value and its index"
+        if _same_number(got, numel * data_width):
+            why = "that is the dense size: store only the non-zero parameters"
+        elif _same_number(got, nnz * data_width):
+            why = f"each stored non-zero also needs its {index_width}-bit index"
+        elif buffers and _same_number(got, (nnz + buffers) * (data_width + index_width)):
+            why = "count parameters only (model.parameters()), not buffers such as BatchNorm's running statistics"
+        elif _same_number(got, numel * (data_width + index_width)):
+            why = "the zeros are not stored at all: count only the non-zero parameters"
+        _expect(False, f"sparse_storage_bits(model with {nnz:,} non-zero of {numel:,} parameters, data_width="
+                       f"{data_width}, index_width={index_width}) should be {want:,}, got {_number(got)!r}: {why}")
+    _passed("sparse_storage_bits", len(cases))
+
+
+class _Sleeper(nn.Module):
+    """A 'model' whose forward pass takes ``fixed`` seconds plus ``per_image`` seconds per image."""
+
+    def __init__(self, fixed, per_image=0.0):
+        super().__init__()
+        self.fixed, self.per_image = fixed, per_image
+
+    def forward(self, x):
+        time.sleep(self.fixed + self.per_image * x.shape[0])
+        return x
+
+
+@_own_rng
+def check_per_image_ms(per_image_ms):
+    """per_image_ms(model, batch_sizes): {batch size: milliseconds per image}, measured at each batch size."""
+    _callable(per_image_ms, "per_image_ms")
+    cases = [("a fixed 2 ms per call", _Sleeper(0.002), lambda bs: 2.0 / bs),
+             ("0.1 ms per image", _Sleeper(0.0, 0.0001), lambda bs: 0.1)]
+    sizes = (1, 4, 16)
+    for label, model, want in cases:
+        got = _call_checked("per_image_ms", per_image_ms, model, sizes)
+        _expect(isinstance(got, dict) and sorted(got) == list(sizes),
+                f"per_image_ms(model, {sizes}) should return a dict with one entry per batch size {sizes}, "
+                f"got {type(got).__name__}{'' if not isinstance(got, dict) else f' with keys {sorted(got)}'}")
+        for bs in sizes:
+            value = _number(got[bs])
+            _expect(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+                    f"per_image_ms(...)[{bs}] should be a positive number of milliseconds, got {got[bs]!r}")
+            hint = ""
+            if abs(value - want(bs) * bs) < 0.3 * want(bs) * bs and bs > 1:
+                hint = ": that is the time of the whole batch; divide by the batch size"
+            elif abs(value - want(bs) / 1000) < 0.3 * want(bs) / 1000:
+                hint = ": that looks like seconds; report milliseconds"
+            _expect(abs(value - want(bs)) < 0.4 * want(bs) + 0.05,
+                    f"for a model that takes {label}, per_image_ms(...)[{bs}] should be about {want(bs):.3f} ms, "
+                    f"got {value:.4f}{hint}")
+    _passed("per_image_ms", len(cases))
+
+
+class _Constant(nn.Module):
+    """Predicts the same class for every input."""
+
+    def __init__(self, label, classes=3):
+        super().__init__()
+        self.label, self.classes = label, classes
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        out = torch.zeros(x.shape[0], self.classes)
+        out[:, self.label] = 1.0
+        return out
+
+
+class _Forbidden:
+    """A loader that must not be read: iterating it raises _TestSplitRead."""
+
+    def __iter__(self):
+        raise _TestSplitRead()
+
+    def __len__(self):
+        return 1
+
+
+class _TestSplitRead(Exception):
+    pass
+
+
+def _split(labels, features=5):
+    y = torch.tensor(labels)
+    return [(torch.randn(len(y), features), y)]
+
+
+@_own_rng
+def check_pick_on_validation(pick_on_validation):
+    """pick_on_validation(models, loaders): the name of the model with the best validation accuracy."""
+    _callable(pick_on_validation, "pick_on_validation")
+    torch.manual_seed(0)
+    # train favours "a", validation favours "b"; the test split must not be read at all
+    cases = [({"a": _Constant(0), "b": _Constant(1)}, [0, 0, 0, 1], [1, 1, 1, 0], "b"),
+             ({"c": _Constant(2), "a": _Constant(0), "b": _Constant(1)}, [0, 0, 2, 2, 2], [0, 0, 0, 1, 2], "a")]
+    for models, train_labels, val_labels, want in cases:
+        loaders = _Loaders(_split(train_labels), _split(val_labels), _Forbidden())
+        try:
+            got = _call_checked("pick_on_validation", pick_on_validation, models, loaders)
+        except _TestSplitRead:
+            raise CheckFailed("pick_on_validation read the test split: choices are made on the validation "
+                              "split only, the test split is reported once, at the end") from None
+        _expect(isinstance(got, str), f"pick_on_validation should return the model's name (a key of `models`), "
+                                      f"got {type(got).__name__}")
+        hint = ": that one is best on the training split" if got == "a" and want == "b" else ""
+        _expect(got == want, f"with validation labels {val_labels}, the best model on validation is {want!r}, "
+                             f"got {got!r}{hint}")
+    _passed("pick_on_validation", len(cases))

@@ -1,36 +1,70 @@
-"""Chapter 05, structured pruning: filter norms, narrowing a Linear's inputs, the MACs of any convolution."""
+"""Chapter 05, structured pruning: coupled layers, narrowing a Linear's inputs, a speed-up measured."""
 
 from __future__ import annotations
 
 import copy
+import time
 
 import torch
 from torch import nn
 
-from ._harness import _call, _callable, _expect, _number, _own_rng, _passed
+from ._harness import _call, _callable, _expect, _own_rng, _passed
 
 
-def _convs(seed=0):
-    torch.manual_seed(seed)
-    convs = [nn.Conv2d(3, 5, (1, 3)), nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(6, 8, 1, stride=2),
-             nn.Conv2d(4, 6, (3, 2), stride=(2, 1), groups=2, padding=1)]
-    with torch.no_grad():
-        for c in convs:
-            c.weight.sub_(0.5)  # plenty of negative weights
-    return convs
+class _Residual(nn.Module):
+    """stem -> (conv_a -> bn_a -> relu -> conv_b -> bn_b) + stem -> head: the stem's channels are coupled
+    with conv_b's and bn_b's through the sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv_a, self.bn_a = nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.conv_b, self.bn_b = nn.Conv2d(6, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.head = nn.Conv2d(4, 5, 1)
+
+    def forward(self, x):
+        s = self.stem(x)
+        return self.head(torch.relu(self.bn_b(self.conv_b(torch.relu(self.bn_a(self.conv_a(s))))) + s))
+
+
+class _Depthwise(nn.Module):
+    """pointwise -> bn -> depthwise (groups = channels) -> bn -> pointwise."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand, self.bn1 = nn.Conv2d(1, 6, 1), nn.BatchNorm2d(6)
+        self.depthwise, self.bn2 = nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.BatchNorm2d(6)
+        self.project = nn.Conv2d(6, 3, 1)
+
+    def forward(self, x):
+        return self.project(torch.relu(self.bn2(self.depthwise(torch.relu(self.bn1(self.expand(x)))))))
 
 
 @_own_rng
-def check_filter_l1(filter_l1):
-    """filter_l1(conv): L1 norm of each output filter, shape [C_out]."""
-    _callable(filter_l1, "filter_l1")
-    for conv in _convs():
-        want = conv.weight.detach().abs().flatten(1).sum(1)
-        got = _call("filter_l1", filter_l1, conv)
-        _expect(isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want, atol=1e-6),
-                f"filter_l1 on {conv} should give {[round(v, 3) for v in want.tolist()]} (sum of |w| over each "
-                "output filter)")
-    _passed("filter_l1", 4)
+def check_coupled_layers(coupled_layers):
+    """coupled_layers(model, example_inputs, layer_name): the set of names of the modules whose parameters or
+    buffers change when output channels of ``layer_name`` are removed (the layer itself included)."""
+    _callable(coupled_layers, "coupled_layers")
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 8, 8)
+    cases = [(_Residual(), "stem", {"stem", "conv_a", "conv_b", "bn_b", "head"}),
+             (_Residual(), "conv_a", {"conv_a", "bn_a", "conv_b"}),
+             (_Depthwise(), "expand", {"expand", "bn1", "depthwise", "bn2", "project"})]
+    for model, layer, want in cases:
+        got = _call("coupled_layers", coupled_layers, model, x, layer)
+        _expect(isinstance(got, (set, frozenset, list, tuple)) and all(isinstance(n, str) for n in got),
+                f"coupled_layers should return a set of module names (str), got {type(got).__name__}")
+        got = set(got)
+        hint = ""
+        if got - want:
+            hint = f"; {sorted(got - want)} are not modules of the model whose tensors change (leave out operations " \
+                   "such as the sum, and modules that are not touched)"
+        elif want - got:
+            hint = f"; missing {sorted(want - got)}: follow every coupling (the BatchNorm after a conv, a sum that " \
+                   "ties channels together, a depthwise conv that has one filter per channel, the layer reading them)"
+        _expect(got == want, f"coupled_layers(model, x, {layer!r}) on a {type(model).__name__.strip('_').lower()} "
+                             f"block should be {sorted(want)}, got {sorted(got)}{hint}")
+    _passed("coupled_layers", len(cases))
 
 
 @_own_rng
@@ -59,16 +93,32 @@ def check_keep_inputs(keep_inputs):
     _passed("keep_inputs", len(cases))
 
 
-@_own_rng
-def check_conv_macs(conv_macs):
-    """conv_macs(conv, out): MACs per sample from the layer and its output [1, C_out, H_out, W_out]."""
-    from ..metrics import count_macs
+class _Sleeper(nn.Module):
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+        self.dummy = nn.Parameter(torch.zeros(1))
 
-    _callable(conv_macs, "conv_macs")
-    for conv in _convs():
-        x = torch.randn(1, conv.in_channels, 9, 7)
-        with torch.no_grad():
-            out = conv(x)
-        want, got = count_macs(conv, x), _number(_call("conv_macs", conv_macs, conv, out))
-        _expect(got == want, f"conv_macs on {conv} with a 9×7 input should be {want:,} (torchprofile), got {got!r}")
-    _passed("conv_macs", 4)
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return x
+
+
+@_own_rng
+def check_speedup_at(speedup_at):
+    """speedup_at(dense, pruned, inputs): a ``latency.Speedup`` of pruned over dense, measured in one
+    interleaved run with one thread."""
+    from ..latency import Speedup
+
+    _callable(speedup_at, "speedup_at")
+    x = torch.zeros(2, 1, 4, 4)
+    cases = [(0.004, 0.002, 2.0), (0.002, 0.002, 1.0), (0.002, 0.003, 2 / 3)]
+    for slow, fast, want in cases:
+        got = _call("speedup_at", speedup_at, _Sleeper(slow), _Sleeper(fast), x)
+        _expect(isinstance(got, Speedup), f"speedup_at should return the latency.Speedup that "
+                                          f"latency.compare_speedups gives (median and interval), got {type(got).__name__}")
+        _expect(got.low <= got.median <= got.high, f"the interval [{got.low:.2f}, {got.high:.2f}] must hold the median {got.median:.2f}")
+        hint = ": that is the slow-down, dense over pruned the other way round" if abs(got.median - 1 / want) < 0.2 * (1 / want) and want != 1 else ""
+        _expect(abs(got.median - want) < 0.25 * want, f"a model taking {slow * 1e3:.0f} ms against one taking "
+                                                        f"{fast * 1e3:.0f} ms: speed-up should be about {want:.2f}x, got {got.median:.2f}x{hint}")
+    _passed("speedup_at", len(cases))
