@@ -137,6 +137,20 @@ def test_html_course_opens_from_disk(tmp_path):
         assert "../images/" not in body and "data:image/png;base64" in body and 'href="index.html"' in body
         for ref in set(re.findall(r'src="(images/[^"]+)"', body)):
             assert (index.parent / ref).is_file(), ref
+    for page in ["index.html", *pages]:  # opens with no network: no script, stylesheet or frame from elsewhere
+        body = (index.parent / page).read_text()
+        remote = re.findall(r'<(?:script|link|iframe|img)\b[^>]*\b(?:src|href)\s*=\s*["\']?((?:https?:)?//[^"\' >]+)', body)
+        assert not remote, f"{page} loads {remote[:3]}"
+        assert "cdnjs" not in body and "unpkg.com" not in body, page
+
+
+def test_html_refuses_latex_it_cannot_render_offline(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    nb = json.loads(NOTEBOOKS[0].read_text())
+    nb["cells"].append({"cell_type": "markdown", "id": "math0001", "metadata": {}, "source": ["Loss $L(w)$."]})
+    (tmp_path / "notebooks" / NOTEBOOKS[0].name).write_text(json.dumps(nb))
+    with pytest.raises(RuntimeError, match="LaTeX"):
+        editions.write_html(root=tmp_path, out=tmp_path / "site")
 
 
 def test_html_refuses_a_notebook_that_failed(tmp_path):
