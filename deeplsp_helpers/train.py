@@ -265,6 +265,9 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
     _check_hparams(num_epochs, lr, weight_decay)
     if teacher is not None and not isinstance(teacher, nn.Module):
         raise TypeError(f"teacher must be a torch.nn.Module or None, got {type(teacher).__name__}")
+    for hooks, label in ((callbacks, "callbacks"), (before_step, "before_step")):
+        if callable(hooks) or not all(callable(h) for h in hooks):
+            raise TypeError(f"{label} must be a list of callables hook(model), e.g. [pruner.apply]")
     if schedule not in ("onecycle", "cosine", "constant"):
         raise ValueError(f"schedule must be 'onecycle', 'cosine' or 'constant', got {schedule!r}")
     device = torch.device(device) if device is not None else get_device()

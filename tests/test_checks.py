@@ -29,6 +29,7 @@ def fine_grained_mask(w, sparsity):
 
 def one_layer(score):
     def fn(model, layer_name, batches):
+        model.eval()
         w = model.get_submodule(layer_name).weight
         total = torch.zeros_like(w)
         for X, y in batches:
@@ -152,6 +153,15 @@ def _global_threshold_masks(scores, sparsity):  # one global threshold that prun
     return {n: (v > t).float() for n, v in scores.items()}
 
 
+def _no_eval(model, layer_name, batches):  # the right formula, but dropout left on
+    w = model.get_submodule(layer_name).weight
+    total = torch.zeros_like(w)
+    for X, y in batches:
+        (g,) = torch.autograd.grad(nn.functional.cross_entropy(model(X), y), [w])
+        total += (w.detach() * g).abs()
+    return total / len(batches)
+
+
 def _taylor_variant(reduction="mean", accumulate=False, abs_of_mean=False):
     def fn(model, layer_name, batches):
         model.eval()
@@ -164,10 +174,6 @@ def _taylor_variant(reduction="mean", accumulate=False, abs_of_mean=False):
             total += (w.detach() * grads[-1]).abs()
         return (w.detach() * torch.stack(grads).mean(0)).abs() if abs_of_mean else total / len(batches)
     return fn
-
-
-class _Model(nn.Module):  # for pick_on_validation's wrong answers that return the model itself
-    pass
 
 
 # ---- wrong answers --------------------------------------------------------------------------------------------
@@ -661,6 +667,7 @@ WRONG_TOLD_00_02_05 = {  # chapters 00, 02, 05: (wrong answer, what the message 
         (lambda a, b: spearman(a, b) > 0, "number"),
     ],
     "taylor_one_layer": [
+        (_no_eval, "eval mode"),
         (_taylor_variant(reduction="sum"), "not the sum"),
         (_taylor_variant(accumulate=True), "accumulated"),
         (_taylor_variant(abs_of_mean=True), "mean g"),
@@ -692,8 +699,9 @@ WRONG = {
                      lambda scores, s: {k: _mask_with_ties_over(v, s) for k, v in scores.items()}],
     "keep_inputs": [_no_bias, _view_not_copy,
                     lambda fc, keep: keep_inputs(fc, keep.sort().values)],        # reorders the inputs
-    **{name: [answer for answer, _ in told] for name, told in WRONG_TOLD_00_02_05.items()},
 }
+for _name, _told in WRONG_TOLD_00_02_05.items():  # added to, not replacing, the wrong answers listed above
+    WRONG[_name] = WRONG.get(_name, []) + [answer for answer, _ in _told]
 
 RIGHT = {
     "sparse_storage_bits": sparse_storage_bits, "per_image_ms": per_image_ms,
@@ -803,7 +811,7 @@ def test_checks_of_chapters_01_03_04_06_leave_the_random_state_alone_and_are_fas
     getattr(checks, f"check_{name}")(*_args(RIGHT[name]))
     seconds = time.perf_counter() - start
     assert torch.equal(torch.rand(3), expected)
-    assert seconds < 4.5, f"check_{name} took {seconds:.1f} s (meant to take under 1.5 s; generous on a busy machine)"
+    assert seconds < 10, f"check_{name} took {seconds:.1f} s (meant to take under 1.5 s; generous on a busy machine)"
     capsys.readouterr()
 
 
@@ -837,6 +845,10 @@ def test_an_answer_read_off_a_measurement_is_checked_against_that_measurement(ca
         checks.check_answer("the model batching helps most", "vgg", lambda: max(measured, key=measured.get))
     with pytest.raises(checks.CheckFailed, match="not written yet"):
         checks.check_answer("q", ..., lambda: 1 / 0)  # the expected value is not computed before an answer exists
+    with pytest.raises(checks.CheckFailed, match="has not run"):
+        checks.check_answer("q", "lenet", lambda: undefined_measurement)  # noqa: F821 - the measurement never ran
+    import numpy as np
+    checks.check_answer("a numpy flag", True, lambda: np.bool_(True))
     with pytest.raises(checks.CheckFailed):
         checks.check_answer("a flag", 1, True)  # 1 is not True: a yes/no question takes a bool
     with pytest.raises(TypeError):

@@ -217,8 +217,10 @@ def test_before_step_hooks_see_the_gradients_and_can_change_the_step(small):
         m.fc3.weight.grad.zero_()
         m.fc3.bias.grad.zero_()
 
-    before = model.fc3.weight.detach().clone()
+    before, fc1_before = model.fc3.weight.detach().clone(), model.fc1.weight.detach().clone()
     train.fine_tune(model, small.train, num_epochs=1, lr=0.01, weight_decay=0.0, momentum=0.0,
                     before_step=[freeze_fc3], progress=False)
     assert len(seen) == len(small.train) and all(seen)
-    assert torch.equal(model.fc3.weight.detach(), before) and not torch.equal(model.fc1.weight, models.LeNet().fc1.weight)
+    assert torch.equal(model.fc3.weight.detach(), before) and not torch.equal(model.fc1.weight.detach(), fc1_before)
+    with pytest.raises(TypeError, match="before_step"):
+        train.fine_tune(model, small.train, before_step=freeze_fc3, progress=False)  # one callable, not a list

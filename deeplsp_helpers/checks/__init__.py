@@ -8,7 +8,7 @@ Jupyter a failed check shows that one message, not a traceback. A passed check p
 
 One module per chapter (``ch00_getting_started`` … ``ch06_deeplsp``) holds that chapter's checks; the shared
 harness (calling the learner's function, comparing, reporting) is in ``_harness``. Call them from here:
-``from deeplsp_helpers import checks; checks.check_density(density)``.
+``from deeplsp_helpers import checks; checks.check_spearman(spearman)``.
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ import math
 from ._harness import CheckFailed, _number
 
 
+def _scalar(x):
+    """A NumPy scalar or 0-d array as the Python number it holds (``np.bool_`` as ``bool``)."""
+    return x.item() if type(x).__module__ == "numpy" and getattr(x, "size", 0) == 1 else x
+
+
 def check_answer(question: str, answer, expected) -> None:
     """``answer`` must equal ``expected``, the value the learner's own measurement gives (computed in the notebook
     from that measurement, so a different run that measures differently still passes with its own answer).
@@ -19,7 +24,14 @@ def check_answer(question: str, answer, expected) -> None:
     if answer is None or answer is Ellipsis:
         raise CheckFailed(f"{question}: not written yet (replace `...` with your answer, read off your own "
                           f"measurement above)")
-    got, want = _number(answer), _number(expected() if callable(expected) else expected)
+    if callable(expected):
+        try:
+            expected = expected()
+        except NotImplementedError:
+            raise CheckFailed(f"{question}: the function your measurement uses is not written yet") from None
+        except Exception as exc:  # e.g. a NameError: the measurement cell above has not run
+            raise CheckFailed(f"{question}: your measurement above has not run ({type(exc).__name__}: {exc})") from None
+    got, want = _scalar(_number(answer)), _scalar(_number(expected))
     if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
         ok = math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)
     else:

@@ -36,8 +36,9 @@ class _Passthrough(CheckFailed):
 
 
 def _same_number(got, want, rel=1e-6):
-    """An int, float or one-element tensor (any dtype) equal to ``want`` up to float32 rounding."""
+    """An int, float, NumPy scalar or one-element tensor (any dtype) equal to ``want`` up to float32 rounding."""
     got = _number(got)
+    got = got.item() if type(got).__module__ == "numpy" and getattr(got, "size", 0) == 1 else got
     if isinstance(got, bool) or not isinstance(got, (int, float)):
         return False
     return abs(got - want) <= rel * max(1.0, abs(want))
@@ -81,14 +82,18 @@ def check_sparse_storage_bits(sparse_storage_bits):
 
 
 class _Sleeper(nn.Module):
-    """A 'model' whose forward pass takes ``fixed`` seconds plus ``per_image`` seconds per image."""
+    """A 'model' whose forward pass takes ``fixed`` seconds plus ``per_image`` seconds per image (busy-waiting:
+    ``time.sleep`` overshoots by tens of microseconds, and by milliseconds on some systems)."""
 
     def __init__(self, fixed, per_image=0.0):
         super().__init__()
         self.fixed, self.per_image = fixed, per_image
+        self.dummy = nn.Parameter(torch.zeros(1))  # a model has parameters; answers may ask for their device
 
     def forward(self, x):
-        time.sleep(self.fixed + self.per_image * x.shape[0])
+        end = time.perf_counter() + self.fixed + self.per_image * x.shape[0]
+        while time.perf_counter() < end:
+            pass
         return x
 
 
@@ -106,6 +111,7 @@ def check_per_image_ms(per_image_ms):
                 f"got {type(got).__name__}{'' if not isinstance(got, dict) else f' with keys {sorted(got)}'}")
         for bs in sizes:
             value = _number(got[bs])
+            value = value.item() if type(value).__module__ == "numpy" and getattr(value, "size", 0) == 1 else value
             _expect(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
                     f"per_image_ms(...)[{bs}] should be a positive number of milliseconds, got {got[bs]!r}")
             hint = ""

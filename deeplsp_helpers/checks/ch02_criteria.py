@@ -37,11 +37,12 @@ def check_taylor_one_layer(taylor_one_layer):
     cross-entropy, the model in eval mode."""
     _callable(taylor_one_layer, "taylor_one_layer")
     model, batches = _tiny_mlp(3), _batches()
-    model.train()  # the answer must put it in eval mode itself (no difference for this MLP, but the task says so)
+    model.act = nn.Sequential(nn.ReLU(), nn.Dropout(0.5))  # in training mode every call would differ
     cases = 0
     for layer in ("hidden", "out"):
         for bs in (batches, batches[:1]):
-            variants = _taylor_variants(model, layer, bs)
+            variants = _taylor_variants(model.eval(), layer, bs)
+            model.train()  # the answer must put the model in eval mode itself
             want = variants[None]
             got = _call("taylor_one_layer", taylor_one_layer, model, layer, bs)
             _expect(isinstance(got, torch.Tensor) and got.shape == want.shape,
@@ -51,7 +52,8 @@ def check_taylor_one_layer(taylor_one_layer):
                 why = next((k for k, v in variants.items() if k and v.shape == got.shape
                             and torch.allclose(got.detach().float(), v, rtol=1e-4, atol=1e-7)),
                            "one gradient per batch of the batch-mean cross-entropy, |w·g| per batch, then the mean "
-                           "over the batches")
+                           "over the batches" + ("; and put the model in eval mode (model.eval()): it has dropout"
+                                                 if model.training else ""))
                 _expect(False, f"taylor_one_layer(model, {layer!r}, {len(bs)} batches) differs from the reference: {why}")
             cases += 1
     _passed("taylor_one_layer", cases)

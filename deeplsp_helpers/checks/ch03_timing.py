@@ -108,7 +108,7 @@ def check_keep_zero(keep_zero):
     gen = torch.Generator().manual_seed(5)
     model, batches = _tiny_mlp(4), _batches(n=6)
     mask = (torch.rand(model.out.weight.shape, generator=gen) > 0.5).float()
-    # momentum and weight decay move every weight at every step: pruned ones come back unless re-zeroed
+    # the gradient, carried on by momentum, moves every weight at every step: pruned ones come back unless re-zeroed
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
     steps = _run_keep_zero(keep_zero, model, "out", mask, batches, opt)
     torch.manual_seed(6)
