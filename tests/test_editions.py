@@ -151,6 +151,8 @@ def test_html_refuses_latex_it_cannot_render_offline(tmp_path):
     (tmp_path / "notebooks" / NOTEBOOKS[0].name).write_text(json.dumps(nb))
     with pytest.raises(RuntimeError, match="LaTeX"):
         editions.write_html(root=tmp_path, out=tmp_path / "site")
+    assert not editions.MATH.findall(editions.CODE.sub("", "Run `echo $OUT $HOME` or\n```\nx = $a$\n```"))
+    assert editions.MATH.findall("$$\nL = 1\n$$") and editions.MATH.findall("\\begin{align}")
 
 
 def test_html_refuses_a_notebook_that_failed(tmp_path):
