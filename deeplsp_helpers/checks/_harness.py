@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import time
 from collections import OrderedDict
 
 import torch
@@ -47,6 +48,23 @@ def _passed(name, cases):
 
 def _number(x):
     return x.item() if isinstance(x, torch.Tensor) and x.numel() == 1 else x
+
+
+class _Busy(nn.Module):
+    """A stand-in model whose forward pass takes ``fixed`` seconds plus ``per_image`` seconds per image. It
+    busy-waits (``time.sleep`` overshoots by tens of microseconds, by milliseconds on some systems) and has a
+    parameter (answers may ask a model for its device)."""
+
+    def __init__(self, fixed, per_image=0.0):
+        super().__init__()
+        self.fixed, self.per_image = fixed, per_image
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        end = time.perf_counter() + self.fixed + self.per_image * x.shape[0]
+        while time.perf_counter() < end:
+            pass
+        return x
 
 
 def _tiny_mlp(seed=0, sizes=(12, 7, 3)):

@@ -2,46 +2,31 @@
 
 from __future__ import annotations
 
-import time
 from collections import namedtuple
 
 import torch
 from torch import nn
 
-from ._harness import CheckFailed, _callable, _expect, _number, _own_rng, _passed, _tiny_mlp
+from ._harness import (
+    CheckFailed,
+    _as_real,
+    _Busy,
+    _call,
+    _callable,
+    _expect,
+    _number,
+    _own_rng,
+    _passed,
+    _tiny_mlp,
+)
 
 _Loaders = namedtuple("Loaders", "train val test")
 
 
-def _call_checked(name, fn, *args, **kwargs):
-    """Like the harness's call, but lets the test-split sentinel through so the check can name the mistake."""
-    from ._harness import _call
-
-    def guarded(*a, **k):
-        try:
-            return fn(*a, **k)
-        except _TestSplitRead as exc:
-            raise _Passthrough(exc) from None
-
-    try:
-        return _call(name, guarded, *args, **kwargs)
-    except _Passthrough as p:
-        raise p.inner from None
-
-
-class _Passthrough(CheckFailed):
-    def __init__(self, inner):
-        super().__init__("test split read")
-        self.inner = inner
-
-
 def _same_number(got, want, rel=1e-6):
-    """An int, float, NumPy scalar or one-element tensor (any dtype) equal to ``want`` up to float32 rounding."""
-    got = _number(got)
-    got = got.item() if type(got).__module__ == "numpy" and getattr(got, "size", 0) == 1 else got
-    if isinstance(got, bool) or not isinstance(got, (int, float)):
-        return False
-    return abs(got - want) <= rel * max(1.0, abs(want))
+    """An int, float, NumPy scalar or one-element tensor (not a bool) equal to ``want`` up to ``rel``."""
+    value, _ = _as_real(got)
+    return value is not None and abs(value - want) <= rel * max(1.0, abs(want))
 
 
 @_own_rng
@@ -63,8 +48,8 @@ def check_sparse_storage_bits(sparse_storage_bits):
         nnz = sum(int(p.count_nonzero()) for p in model.parameters())
         buffers = sum(int(b.count_nonzero()) for b in model.buffers())
         want = nnz * (data_width + index_width)
-        got = _call_checked("sparse_storage_bits", sparse_storage_bits, model, data_width=data_width,
-                            index_width=index_width)
+        got = _call("sparse_storage_bits", sparse_storage_bits, model, data_width=data_width,
+                    index_width=index_width)
         if _same_number(got, want):
             continue
         why = "count each non-zero parameter once, with its value and its index"
@@ -81,38 +66,21 @@ def check_sparse_storage_bits(sparse_storage_bits):
     _passed("sparse_storage_bits", len(cases))
 
 
-class _Sleeper(nn.Module):
-    """A 'model' whose forward pass takes ``fixed`` seconds plus ``per_image`` seconds per image (busy-waiting:
-    ``time.sleep`` overshoots by tens of microseconds, and by milliseconds on some systems)."""
-
-    def __init__(self, fixed, per_image=0.0):
-        super().__init__()
-        self.fixed, self.per_image = fixed, per_image
-        self.dummy = nn.Parameter(torch.zeros(1))  # a model has parameters; answers may ask for their device
-
-    def forward(self, x):
-        end = time.perf_counter() + self.fixed + self.per_image * x.shape[0]
-        while time.perf_counter() < end:
-            pass
-        return x
-
-
 @_own_rng
 def check_per_image_ms(per_image_ms):
     """per_image_ms(model, batch_sizes): {batch size: milliseconds per image}, measured at each batch size."""
     _callable(per_image_ms, "per_image_ms")
-    cases = [("a fixed 2 ms per call", _Sleeper(0.002), lambda bs: 2.0 / bs),
-             ("0.1 ms per image", _Sleeper(0.0, 0.0001), lambda bs: 0.1)]
+    cases = [("a fixed 2 ms per call", _Busy(0.002), lambda bs: 2.0 / bs),
+             ("0.1 ms per image", _Busy(0.0, 0.0001), lambda bs: 0.1)]
     sizes = (1, 4, 16)
     for label, model, want in cases:
-        got = _call_checked("per_image_ms", per_image_ms, model, sizes)
+        got = _call("per_image_ms", per_image_ms, model, sizes)
         _expect(isinstance(got, dict) and sorted(got) == list(sizes),
                 f"per_image_ms(model, {sizes}) should return a dict with one entry per batch size {sizes}, "
                 f"got {type(got).__name__}{'' if not isinstance(got, dict) else f' with keys {sorted(got)}'}")
         for bs in sizes:
-            value = _number(got[bs])
-            value = value.item() if type(value).__module__ == "numpy" and getattr(value, "size", 0) == 1 else value
-            _expect(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+            value, _ = _as_real(got[bs])
+            _expect(value is not None and value > 0,
                     f"per_image_ms(...)[{bs}] should be a positive number of milliseconds, got {got[bs]!r}")
             hint = ""
             if abs(value - want(bs) * bs) < 0.3 * want(bs) * bs and bs > 1:
@@ -140,17 +108,18 @@ class _Constant(nn.Module):
 
 
 class _Forbidden:
-    """A loader that must not be read: iterating it raises _TestSplitRead."""
+    """A loader that must not be read: iterating it fails the check with the reason."""
 
     def __iter__(self):
-        raise _TestSplitRead()
+        raise _TestSplitRead("pick_on_validation read the test split: choices are made on the validation "
+                             "split only, the test split is reported once, at the end")
 
     def __len__(self):
         return 1
 
 
-class _TestSplitRead(Exception):
-    pass
+class _TestSplitRead(CheckFailed):
+    """Raised inside the learner's code; the harness's call passes a CheckFailed on unchanged."""
 
 
 def _split(labels, features=5):
@@ -168,11 +137,7 @@ def check_pick_on_validation(pick_on_validation):
              ({"c": _Constant(2), "a": _Constant(0), "b": _Constant(1)}, [0, 0, 2, 2, 2], [0, 0, 0, 1, 2], "a")]
     for models, train_labels, val_labels, want in cases:
         loaders = _Loaders(_split(train_labels), _split(val_labels), _Forbidden())
-        try:
-            got = _call_checked("pick_on_validation", pick_on_validation, models, loaders)
-        except _TestSplitRead:
-            raise CheckFailed("pick_on_validation read the test split: choices are made on the validation "
-                              "split only, the test split is reported once, at the end") from None
+        got = _call("pick_on_validation", pick_on_validation, models, loaders)
         _expect(isinstance(got, str), f"pick_on_validation should return the model's name (a key of `models`), "
                                       f"got {type(got).__name__}")
         hint = ": that one is best on the training split" if got == "a" and want == "b" else ""

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import copy
-import time
 
 import torch
 from torch import nn
 
-from ._harness import _call, _callable, _expect, _own_rng, _passed
+from ._harness import _Busy, _call, _callable, _expect, _own_rng, _passed
 
 
 class _Residual(nn.Module):
@@ -93,19 +92,6 @@ def check_keep_inputs(keep_inputs):
     _passed("keep_inputs", len(cases))
 
 
-class _Sleeper(nn.Module):
-    def __init__(self, seconds):
-        super().__init__()
-        self.seconds = seconds
-        self.dummy = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x):  # busy-waits: time.sleep overshoots, by milliseconds on some systems
-        end = time.perf_counter() + self.seconds
-        while time.perf_counter() < end:
-            pass
-        return x
-
-
 @_own_rng
 def check_speedup_at(speedup_at):
     """speedup_at(dense, pruned, inputs): a ``latency.Speedup`` of pruned over dense, measured in one
@@ -116,7 +102,7 @@ def check_speedup_at(speedup_at):
     x = torch.zeros(2, 1, 4, 4)
     cases = [(0.004, 0.002, 2.0), (0.002, 0.002, 1.0), (0.002, 0.003, 2 / 3)]
     for slow, fast, want in cases:
-        got = _call("speedup_at", speedup_at, _Sleeper(slow), _Sleeper(fast), x)
+        got = _call("speedup_at", speedup_at, _Busy(slow), _Busy(fast), x)
         _expect(isinstance(got, Speedup), f"speedup_at should return the latency.Speedup that "
                                           f"latency.compare_speedups gives (median and interval), got {type(got).__name__}")
         _expect(got.low <= got.median <= got.high, f"the interval [{got.low:.2f}, {got.high:.2f}] must hold the median {got.median:.2f}")
