@@ -8,7 +8,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: setup course test lab images checkpoints student html clean
+.PHONY: setup course test lab images checkpoints student html nbgrader clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ student: $(STAMP)
 html: $(STAMP)
 	$(PY) tools/editions.py html
 
+## nbgrader: an nbgrader course folder, nbgrader/ (source notebooks with teacher-only hidden tests, config)
+nbgrader: $(STAMP)
+	$(PY) tools/nbgrader_course.py --out nbgrader
+
 ## lab: open the course in JupyterLab
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/00_getting_started.ipynb
@@ -57,4 +61,4 @@ checkpoints: setup
 	$(PY) -m deeplsp_helpers.zoo train all
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache student site
+	rm -rf $(VENV) .pytest_cache .ruff_cache student site nbgrader
