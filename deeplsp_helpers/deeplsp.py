@@ -32,7 +32,7 @@ from .latency import compare_speedups
 from .structured import LatencyAwareImportance, structured_channel_pruning
 
 __all__ = ["compute_sensitivity", "prune_sensitivity_adaptive", "prune_latency_aware", "apply_unstructured_pruning",
-           "remove_pruning_masks", "deployable_copy", "report_row", "apply_combined_pruning", "format_report"]
+           "sparsity_for_nonzero_factor", "remove_pruning_masks", "deployable_copy", "report_row", "apply_combined_pruning", "format_report"]
 
 
 def compute_sensitivity(model: nn.Module, batches: Iterable | None = None, *, dummy: bool = False,
@@ -149,6 +149,23 @@ def apply_unstructured_pruning(model: nn.Module, amount: float) -> nn.Module:
     for m in prunable_layers(model).values():
         prune.l1_unstructured(m, "weight", amount=amount)
     return model
+
+
+def sparsity_for_nonzero_factor(model: nn.Module, dense: nn.Module, factor: float, *, max_sparsity: float = 0.95) -> float:
+    """The sparsity of ``model``'s Conv/Linear weights that leaves ``dense``'s parameter count / ``factor`` non-zero
+    parameters in ``model`` (its other parameters, biases and BatchNorms, stay), clipped to [0, ``max_sparsity``].
+
+    For a recipe that promises "``factor`` times fewer non-zero parameters than the dense model" after a
+    structured stage has already removed some (chapter 06; the zoo's ``vgg_deeplsp``).
+    """
+    check_module(model)
+    check_module(dense, "dense")
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not factor >= 1:
+        raise ValueError(f"factor must be a number >= 1 (how many times fewer non-zero parameters), got {factor!r}")
+    weights = sum(m.weight.numel() for m in prunable_layers(model).values())
+    others = metrics.count_parameters(model) - weights
+    keep = metrics.count_parameters(dense) / factor - others
+    return min(max_sparsity, max(0.0, 1 - keep / weights))
 
 
 def remove_pruning_masks(model: nn.Module) -> nn.Module:

@@ -2,7 +2,9 @@
 
 Speed claims in this course are ratios measured in one run. Use :func:`compare_latency` for
 them: it interleaves the models run by run so that a slow moment of the machine hits all of
-them alike.
+them alike. A "model" here is a ``torch.nn.Module`` or any callable that takes the input tensor,
+e.g. an ONNX Runtime session wrapped by :class:`deeplsp_helpers.deploy.OrtModel`, so that PyTorch
+and another runtime are timed in the same run.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import random
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
-from ._validate import check_batch, check_ints, check_module
+from ._validate import check_batch, check_ints
 
 __all__ = ["LatencyStats", "Speedup", "measure_latency", "compare_latency", "compare_speedups", "paired_speedup",
            "time_calls"]
@@ -76,9 +79,16 @@ def _bootstrap_median(ratios: list[float], resamples: int = 1000, seed: int = 0)
 
 
 def _validate(model, inputs, warmup, repeats, threads):
-    check_module(model)
+    if not isinstance(model, nn.Module) and not callable(model):
+        raise TypeError(f"model must be a torch.nn.Module or a callable taking the input tensor, got "
+                        f"{type(model).__name__}")
     check_batch(inputs, "inputs")
     check_ints(("warmup", warmup, 1), ("repeats", repeats, 3), ("threads", threads, 1))
+    own = getattr(model, "threads", None)  # a runtime with its own thread pool, e.g. deploy.OrtModel
+    if not isinstance(model, nn.Module) and isinstance(own, int) and own != threads:
+        raise ValueError(f"{type(model).__name__} runs with {own} threads (0: its runtime's default) but "
+                         f"threads={threads}: build it with the same thread count, or the comparison is not like "
+                         "for like")
 
 
 def _stats(times_s: list[float], threads: int, batch_size: int) -> LatencyStats:
@@ -87,18 +97,20 @@ def _stats(times_s: list[float], threads: int, batch_size: int) -> LatencyStats:
     return LatencyStats(statistics.median(ms), q3 - q1, q1, q3, ms[0], len(ms), threads, batch_size)
 
 
-def compare_latency(models: dict[str, nn.Module], inputs: torch.Tensor, warmup: int = 10, repeats: int = 50,
-                    threads: int = 1) -> dict[str, LatencyStats]:
+def compare_latency(models: dict[str, nn.Module | Callable], inputs: torch.Tensor, warmup: int = 10,
+                    repeats: int = 50, threads: int = 1) -> dict[str, LatencyStats]:
     """Latency of several models on the same inputs, runs interleaved (shuffled each round), one thread count.
 
     Each model is put in eval mode and run under ``torch.inference_mode``; the first ``warmup``
     calls are never timed; the thread count and each model's mode are restored afterwards.
+    A model may also be any callable taking ``inputs`` (e.g. :class:`deeplsp_helpers.deploy.OrtModel`);
+    one with a ``threads`` attribute must have been built with ``threads``.
     """
     times = _interleaved(models, inputs, warmup, repeats, threads)
     return {k: _stats(v, threads, inputs.shape[0]) for k, v in times.items()}
 
 
-def compare_speedups(models: dict[str, nn.Module], inputs: torch.Tensor, baseline: str, warmup: int = 10,
+def compare_speedups(models: dict[str, nn.Module | Callable], inputs: torch.Tensor, baseline: str, warmup: int = 10,
                      repeats: int = 50, threads: int = 1) -> tuple[dict[str, LatencyStats], dict[str, Speedup]]:
     """:func:`compare_latency` plus each model's :class:`Speedup` over ``models[baseline]``, with its spread.
 
@@ -131,13 +143,14 @@ def _interleaved(models, inputs, warmup, repeats, threads) -> dict[str, list[flo
         raise TypeError("models must be a non-empty dict {name: model}")
     for m in models.values():
         _validate(m, inputs, warmup, repeats, threads)
-    modes = {k: m.training for k, m in models.items()}
+    modules = {k: m for k, m in models.items() if isinstance(m, nn.Module)}
+    modes = {k: m.training for k, m in modules.items()}
     try:
-        for m in models.values():
+        for m in modules.values():
             m.eval()
         samples = time_calls([lambda m=m: m(inputs) for m in models.values()], warmup, repeats, threads)
     finally:
-        for k, m in models.items():
+        for k, m in modules.items():
             m.train(modes[k])
     return dict(zip(models, samples))
 
@@ -171,7 +184,7 @@ def time_calls(calls: list, warmup: int, repeats: int, threads: int, seed: int =
     return times
 
 
-def measure_latency(model: nn.Module, inputs: torch.Tensor, warmup: int = 10, repeats: int = 50,
+def measure_latency(model: nn.Module | Callable, inputs: torch.Tensor, warmup: int = 10, repeats: int = 50,
                     threads: int = 1) -> LatencyStats:
     """Latency of ``model(inputs)``: median, IQR and min over ``repeats`` timed runs after ``warmup``.
 

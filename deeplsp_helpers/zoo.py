@@ -10,6 +10,12 @@ CLI::
     python -m deeplsp_helpers.zoo verify          # check every file against its sha256
     python -m deeplsp_helpers.zoo train NAME|all  # retrain with the recorded recipe and seed
 
+Besides the four dense models, two *pruned* reference models are made from the dense VGG by the recipes of
+chapters 05 and 06 (``PRUNED_RECIPES``): ``vgg_structured`` (half of the channels removed with Torch-Pruning,
+fine-tuned) and ``vgg_deeplsp`` (the DeepLSP pipeline at a requested 1.5x). They are saved with
+:func:`deeplsp_helpers.serialization.save_pruned` (their shapes differ from a fresh model's) and load the same
+way, with ``weights_only=True``; later chapters (deployment) start from them instead of pruning again.
+
 Retraining runs the same recipe with the same seed; on the same machine and thread count it
 gives the same weights, elsewhere the same recipe to within floating-point differences.
 """
@@ -31,7 +37,8 @@ from . import seed_everything
 from .files import atomic_write
 from .models import MODEL_NAMES, build_model
 
-__all__ = ["RECIPES", "CheckpointError", "load_pretrained", "train_reference", "read_manifest", "verify"]
+__all__ = ["RECIPES", "PRUNED_RECIPES", "ZOO_NAMES", "CheckpointError", "load_pretrained", "train_reference",
+           "read_manifest", "verify"]
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 MANIFEST = "manifest.json"
@@ -44,6 +51,22 @@ RECIPES = {
     "mobilenet": dict(num_epochs=5, lr=0.1, optimizer="sgd", weight_decay=1e-4, batch_size=128, schedule="onecycle"),
 }
 SEED = 0
+
+# Pruned reference models: a dense checkpoint (``base``) pruned and fine-tuned by a chapter's recipe.
+PRUNED_RECIPES = {
+    # chapter 05: Torch-Pruning's BasePruner, L1 group magnitude, half of the channels (the classifier kept),
+    # then a short fine-tune with distillation from the dense model
+    "vgg_structured": dict(base="vgg", chapter="05", channel_ratio=0.5, finetune_epochs=2,
+                           finetune_samples=30_000, lr=0.05, batch_size=128, distill=True),
+    # chapter 06: the DeepLSP pipeline at a requested 1.5x at batch size 1 (the largest request within 1 point
+    # on validation there): channels removed until this machine's latency table predicts 1.5x (cost "none", the
+    # one chosen on validation), 1 epoch of fine-tuning, sensitivity-adaptive unstructured pruning to 1/10.5 of the
+    # dense model's non-zero parameters (sensitivities on 512 training images), 1 more epoch, masks removed
+    "vgg_deeplsp": dict(base="vgg", chapter="06", target_speedup=1.5, cost="none", latency_repeats=50,
+                        nonzero_factor=10.5, calibration_images=512, finetune_epochs=2, finetune_samples=15_000,
+                        lr=0.05, batch_size=128, distill=True),
+}
+ZOO_NAMES = MODEL_NAMES + tuple(PRUNED_RECIPES)
 
 
 class CheckpointError(ValueError):
@@ -65,8 +88,8 @@ def _sha256(path: Path) -> str:
 def _check_name(name) -> str:
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, got {type(name).__name__}")
-    if name.lower() not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
+    if name.lower() not in ZOO_NAMES:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(ZOO_NAMES)}")
     return name.lower()
 
 
@@ -90,7 +113,8 @@ def load_pretrained(name: str, *, retrain: bool = False, directory: str | os.Pat
     """A trained reference model in eval mode.
 
     Args:
-        name: one of ``lenet``, ``vgg``, ``resnet``, ``mobilenet``.
+        name: one of ``lenet``, ``vgg``, ``resnet``, ``mobilenet``, or a pruned VGG: ``vgg_structured``,
+            ``vgg_deeplsp`` (see ``PRUNED_RECIPES``).
         retrain: if the checkpoint is missing or fails its checksum, retrain it (minutes on a CPU)
             instead of raising.
         directory: where the checkpoints and manifest live (default: the package's own).
@@ -115,9 +139,14 @@ def load_pretrained(name: str, *, retrain: bool = False, directory: str | os.Pat
         train_reference(name, directory=directory)
         return load_pretrained(name, directory=directory, device=device)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model = build_model(name)
-        model.load_state_dict(state)
+        if name in PRUNED_RECIPES:
+            from .serialization import load_pruned
+
+            model = load_pruned(path)  # torch.load(..., weights_only=True) inside
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model = build_model(name)
+            model.load_state_dict(state)
     except Exception as err:  # unpickling error, missing/unexpected keys, wrong shapes
         raise CheckpointError(f"checkpoint {path.name} does not load into {name}: {err}; {_retrain_hint(name)}") from err
     return model.to(device).eval()
@@ -135,6 +164,10 @@ def train_reference(name: str, *, directory: str | os.PathLike | None = None, nu
     name = _check_name(name)
     directory = Path(directory or CHECKPOINT_DIR)
     _check_writable(directory)  # before minutes of training, not after
+    if name in PRUNED_RECIPES:
+        if num_epochs is not None:
+            raise ValueError(f"{name} is made by a pruning recipe; its fine-tuning epochs are part of the recipe")
+        return _make_pruned(name, directory, progress)
     recipe = dict(RECIPES[name])
     if num_epochs is not None:
         recipe["num_epochs"] = num_epochs
@@ -159,6 +192,12 @@ def train_reference(name: str, *, directory: str | os.PathLike | None = None, nu
         "torch": torch.__version__, "machine": platform.machine(),
         "trained_on": time.strftime("%Y-%m-%d"),
     }
+    _record(directory, name, entry)
+    return entry
+
+
+def _record(directory: Path, name: str, entry: dict) -> None:
+    """Write ``entry`` into the manifest, atomically; a corrupt manifest is set aside and a new one started."""
     try:
         manifest = read_manifest(directory)
     except CheckpointError as err:  # keep the corrupt file for inspection; start a new manifest with this entry
@@ -169,6 +208,66 @@ def train_reference(name: str, *, directory: str | os.PathLike | None = None, nu
         manifest = {}
     manifest[name] = entry
     atomic_write(directory / MANIFEST, lambda f: f.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()))
+
+
+def _make_pruned(name: str, directory: Path, progress: bool | None) -> dict:
+    """Prune the dense ``base`` checkpoint by ``PRUNED_RECIPES[name]``, save it with ``save_pruned``, record it."""
+    import copy
+
+    import torch_pruning as tp
+
+    from . import data, deeplsp, latency_model, metrics, train
+    from .serialization import save_pruned
+    from .speedup import prune_to_speedup
+
+    recipe = PRUNED_RECIPES[name]
+    start = time.perf_counter()
+    dense = load_pretrained(recipe["base"], directory=directory if (directory / MANIFEST).exists() else None)
+    seed_everything(SEED)
+    splits = data.load_fashion_mnist()
+    loaders = data.make_loaders(splits, batch_size=recipe["batch_size"], seed=SEED)
+    x1 = splits.val.X[:1]
+    model = copy.deepcopy(dense)
+    if "channel_ratio" in recipe:
+        tp.pruner.BasePruner(model, x1, importance=tp.importance.GroupMagnitudeImportance(p=1),
+                             pruning_ratio=recipe["channel_ratio"], ignored_layers=[model.classifier]).step()
+        ft = data.make_loaders(splits, batch_size=recipe["batch_size"], train_subset=recipe["finetune_samples"],
+                               seed=SEED).train
+        train.fine_tune(model, ft, num_epochs=recipe["finetune_epochs"], lr=recipe["lr"], teacher=dense,
+                        progress=progress)
+        sparse = False
+    else:
+        table = latency_model.LatencyTable.measure(dense, x1, threads=1, repeats=recipe["latency_repeats"])
+        prune_to_speedup(model, x1, recipe["target_speedup"], table, cost=recipe["cost"])
+        ft_data = train.with_teacher_outputs(dense, data.subset(splits.train, recipe["finetune_samples"]))
+        first = recipe["finetune_epochs"] // 2
+
+        def finetune(epochs, seed):
+            seed_everything(seed)
+            train.fine_tune(model, data.BatchLoader(ft_data, recipe["batch_size"], shuffle=True, seed=seed),
+                            num_epochs=epochs, lr=recipe["lr"], progress=progress)
+
+        finetune(first, 0)
+        calib = data.calibration_batches(splits.train, n_batches=recipe["calibration_images"] // 64, batch_size=64)
+        sensitivities = deeplsp.compute_sensitivity(model, calib)
+        sparsity = deeplsp.sparsity_for_nonzero_factor(model, dense, recipe["nonzero_factor"])
+        deeplsp.prune_sensitivity_adaptive(model, sensitivities, sparsity)
+        finetune(recipe["finetune_epochs"] - first, 1)  # masks attached: zeros stay zero
+        deeplsp.remove_pruning_masks(model)
+        sparse = True
+    model.eval()
+    val_acc = train.evaluate(model, loaders.val)
+    test_acc = train.evaluate(model, loaders.test)  # recorded, never used to choose
+    path = save_pruned(model, recipe["base"], directory / f"{name}.pt", sparse=sparse)
+    entry = {
+        "file": path.name, "sha256": _sha256(path), "val_acc": round(val_acc, 2), "test_acc": round(test_acc, 2),
+        "params": metrics.count_parameters(model), "nonzero_params": metrics.count_parameters(model, nonzero_only=True),
+        "widths": [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)],
+        "seed": SEED, "recipe": dict(recipe), "train_seconds": round(time.perf_counter() - start, 1),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
+        "trained_on": time.strftime("%Y-%m-%d"),
+    }
+    _record(directory, name, entry)
     return entry
 
 
@@ -188,7 +287,7 @@ def verify(directory: str | os.PathLike | None = None) -> dict:
     """``{name: 'ok' | problem}`` for every model: is the file there, does its sha256 match?"""
     directory = Path(directory or CHECKPOINT_DIR)
     manifest, result = read_manifest(directory), {}
-    for name in MODEL_NAMES:
+    for name in ZOO_NAMES:
         entry = manifest.get(name)
         path = directory / (entry["file"] if entry else f"{name}.pt")
         if entry is None or not path.is_file():
@@ -208,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="show each checkpoint's accuracy and recipe")
     sub.add_parser("verify", help="check every checkpoint against its sha256")
     p_train = sub.add_parser("train", help="retrain a reference model with its recorded recipe and seed")
-    p_train.add_argument("name", choices=[*MODEL_NAMES, "all"])
+    p_train.add_argument("name", choices=[*ZOO_NAMES, "all"])
     p_train.add_argument("--epochs", type=int, default=None, help="override the recipe's number of epochs")
     p_train.add_argument("--dir", default=None, help="where to write the checkpoints and manifest "
                                                      "(default: the package's own folder)")
@@ -219,10 +318,12 @@ def main(argv: list[str] | None = None) -> int:
         except PermissionError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        for name in MODEL_NAMES if args.name == "all" else [args.name]:
-            entry = train_reference(name, num_epochs=args.epochs, directory=args.dir)
+        for name in ZOO_NAMES if args.name == "all" else [args.name]:  # dense ones first: the pruned start from them
+            entry = train_reference(name, num_epochs=None if name in PRUNED_RECIPES else args.epochs,
+                                    directory=args.dir)
             print(f"{name}: val {entry['val_acc']:.2f} %  test {entry['test_acc']:.2f} %  "
-                  f"({entry['train_seconds']:.0f} s, best epoch {entry['best_epoch']})", flush=True)
+                  f"({entry['train_seconds']:.0f} s" + (f", best epoch {entry['best_epoch']})" if "best_epoch" in entry
+                                                       else ")"), flush=True)
         return 0
     try:
         manifest = read_manifest()
@@ -235,8 +336,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:10s} {s}")
         return 0 if all(s == "ok" for s in status.values()) else 1
     for name, e in manifest.items():
-        print(f"{name:10s} val {e['val_acc']:6.2f} %  test {e['test_acc']:6.2f} %  params {e['params']:,}  "
-              f"epochs {e['recipe']['num_epochs']}  seed {e['seed']}")
+        how = (f"epochs {e['recipe']['num_epochs']}" if "num_epochs" in e["recipe"]
+               else f"pruned from {e['recipe']['base']} by chapter {e['recipe']['chapter']}'s recipe")
+        print(f"{name:14s} val {e['val_acc']:6.2f} %  test {e['test_acc']:6.2f} %  params {e['params']:,}  "
+              f"{how}  seed {e['seed']}")
     return 0
 
 

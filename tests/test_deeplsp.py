@@ -201,3 +201,21 @@ def test_cli_with_mac_costs_and_distillation(tmp_path):
     rows = [line.split() for line in res.stdout.splitlines() if line.startswith("final")]
     assert rows and float(rows[0][4]) > 50  # validation accuracy after distilled fine-tuning, far above chance
     assert serialization.load_pruned(out)(X).shape == (8, 10)
+
+
+def test_sparsity_for_nonzero_factor_leaves_the_promised_non_zero_count():
+    from deeplsp_helpers import metrics
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 26 * 26, 10))
+    small = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    s = deeplsp.sparsity_for_nonzero_factor(small, dense, 10)
+    deeplsp.apply_unstructured_pruning(small, s)
+    deeplsp.remove_pruning_masks(small)
+    nonzero = metrics.count_parameters(small, nonzero_only=True)
+    assert nonzero == pytest.approx(metrics.count_parameters(dense) / 10, rel=0.01)
+    assert deeplsp.sparsity_for_nonzero_factor(small, dense, 1.0) == 0.0   # the small model is already below
+    with pytest.raises(ValueError, match=">= 1"):
+        deeplsp.sparsity_for_nonzero_factor(small, dense, 0.5)
+    with pytest.raises(TypeError, match="dense must be"):
+        deeplsp.sparsity_for_nonzero_factor(small, "vgg", 2)

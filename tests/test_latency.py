@@ -95,3 +95,20 @@ def test_paired_speedup_pairs_rounds_and_validates():
         latency.paired_speedup(0.1, faster)
     calls = latency.time_calls([lambda: None, lambda: sum(range(2000))], warmup=1, repeats=5, threads=1)
     assert latency.paired_speedup(calls[1], calls[0]).median > 1  # doing nothing beats a loop
+
+
+def test_any_callable_taking_the_inputs_is_timed_beside_a_module():
+    class Runtime:  # stands in for another runtime's session wrapper with its own thread pool
+        threads = 1
+
+        def __call__(self, x):
+            return x * 2
+
+    module = nn.Linear(4, 4).train()
+    stats = latency.compare_latency({"module": module, "fn": lambda x: x + 1, "runtime": Runtime()},
+                                    torch.zeros(2, 4), warmup=1, repeats=5, threads=1)
+    assert set(stats) == {"module", "fn", "runtime"} and module.training
+    with pytest.raises(ValueError, match="threads"):
+        latency.measure_latency(Runtime(), torch.zeros(2, 4), threads=2)
+    with pytest.raises(TypeError, match="callable"):
+        latency.measure_latency("model", torch.zeros(2, 4))

@@ -11,11 +11,30 @@ TARGETS = {"lenet": 89.0, "vgg": 91.0, "resnet": 91.0, "mobilenet": 89.0}
 
 
 def test_every_checkpoint_is_committed_small_and_verified():
-    assert zoo.verify() == {name: "ok" for name in models.MODEL_NAMES}
+    assert zoo.verify() == {name: "ok" for name in zoo.ZOO_NAMES}
     manifest = zoo.read_manifest()
+    assert sorted(manifest) == sorted(zoo.ZOO_NAMES)
     for name, entry in manifest.items():
         assert (zoo.CHECKPOINT_DIR / entry["file"]).stat().st_size < 2 * 1024 * 1024
-        assert entry["seed"] == zoo.SEED and entry["recipe"] == zoo.RECIPES[name]
+        assert entry["seed"] == zoo.SEED and entry["recipe"] == {**zoo.RECIPES, **zoo.PRUNED_RECIPES}[name]
+
+
+@pytest.mark.parametrize("name", sorted(zoo.PRUNED_RECIPES))
+def test_a_pruned_reference_model_loads_with_its_widths_and_is_within_two_points_of_dense_on_validation(name, splits):
+    model = zoo.load_pretrained(name)
+    entry, dense = zoo.read_manifest()[name], zoo.read_manifest()[zoo.PRUNED_RECIPES[name]["base"]]
+    assert not model.training and isinstance(model, models.VGG)
+    assert [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)] == entry["widths"]
+    assert sum(p.numel() for p in model.parameters()) == entry["params"] < dense["params"]
+    val = train.evaluate(model, data.BatchLoader(splits.val, 1000))
+    assert val == pytest.approx(entry["val_acc"], abs=0.011) and val >= dense["val_acc"] - 2.0
+    if name == "vgg_deeplsp":  # 1/10.5 of the dense model's non-zero parameters, stored with a bitmask
+        assert sum(int(p.count_nonzero()) for p in model.parameters()) == entry["nonzero_params"] <= dense["params"] / 10
+
+
+def test_a_pruned_recipe_refuses_an_epoch_override(tmp_path):
+    with pytest.raises(ValueError, match="part of the recipe"):
+        zoo.train_reference("vgg_structured", directory=tmp_path, num_epochs=1)
 
 
 @pytest.mark.parametrize("name", models.MODEL_NAMES)
