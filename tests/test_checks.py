@@ -238,7 +238,7 @@ def _view_not_copy(fc, keep):
 
 
 
-# ---- chapters 01, 03, 04, 06: every right alternative the tasks allow, and wrong answers with their cause ----
+# ---- chapters 01, 03, 04, 06, 07: every right alternative the tasks allow, and wrong answers with their cause ----
 # A check that takes several functions (an experiment: a measurement and an answer read off it) gets a tuple.
 
 
@@ -515,6 +515,32 @@ def _speedup_params(baseline, candidate, inputs):
     return metrics.count_parameters(baseline) / metrics.count_parameters(candidate)
 
 
+def ort_predict(session, X):
+    name = session.get_inputs()[0].name
+    return torch.from_numpy(session.run(None, {name: X.float().numpy()})[0]).argmax(1)
+
+
+def _ort_predict_numpy(session, X):
+    return session.run(None, {session.get_inputs()[0].name: X.detach().numpy().astype("float32")})[0].argmax(1)
+
+
+def masked_layers(model):
+    return {name for name, m in model.named_modules()
+            if any(isinstance(h, prune.BasePruningMethod) for h in m._forward_pre_hooks.values())}
+
+
+def _masked_by_buffers(model):
+    return [name for name, m in model.named_modules() if any(b.endswith("_mask") for b, _ in m.named_buffers(recurse=False))]
+
+
+def _masked_weight_only(model):
+    return {name for name, m in model.named_modules() if hasattr(m, "weight_mask")}
+
+
+def _masked_children_only(model):
+    return {name for name, m in model.named_children() if prune.is_pruned(m) and hasattr(m, "weight_mask")}
+
+
 RIGHT_ALSO = {  # the first answer is the notebook's; each one must pass
     "row_nm_ok": [row_nm_ok, lambda mask, n, m: row_nm_ok(mask.float(), n, m)],
     "csr_break_even": [(csr_bits, break_even_by(csr_bits)), (_csr_bits_int32, _break_even_closed_form),
@@ -534,6 +560,8 @@ RIGHT_ALSO = {  # the first answer is the notebook's; each one must pass
                                                @ torch.tensor([float(sizes[k]) for k in ratios]))
                         / sum(sizes[k] for k in ratios)],
     "speedup": [speedup],
+    "ort_predict": [ort_predict, _ort_predict_numpy],
+    "masked_layers": [masked_layers, _masked_by_buffers],
 }
 
 WRONG_TOLD = {  # (wrong answer, what the message must say)
@@ -635,6 +663,23 @@ WRONG_TOLD = {  # (wrong answer, what the message must say)
         (_speedup_macs, "That is the MAC ratio"), (_speedup_params, "42 layers"),
         (lambda b, c, x: None, "positive number"),
     ],
+    "ort_predict": [
+        (lambda session, X: torch.from_numpy(session.run(None, {session.get_inputs()[0].name: X.float().numpy()})[0]),
+         "argmax over the classes"),
+        (lambda session, X: ort_predict(session, X).float(), "1-D integer tensor"),
+        (lambda session, X: torch.from_numpy(session.run(None, {"input": X.float().numpy()})[0]).argmax(1),
+         "session.get_inputs"),
+        (lambda session, X: torch.from_numpy(session.run(None, {session.get_inputs()[0].name: X.numpy()})[0]).argmax(1),
+         "float32"),
+        (lambda session, X: torch.from_numpy(session.run(None, {session.get_inputs()[0].name: X.float().numpy()})[0])
+         .argmax(0), "argmax over the batch"),
+    ],
+    "masked_layers": [
+        (_masked_weight_only, "not only weight_mask"), (_masked_children_only, "named_children"),
+        (lambda model: {m for _, m in model.named_modules() if prune.is_pruned(m)}, "module names"),
+        (lambda model: prune.is_pruned(model), "set of module names"),
+        (lambda model: masked_layers(model) | {"body.conv"}, "prune.remove"),
+    ],
 }
 
 
@@ -708,7 +753,7 @@ RIGHT = {
     "pick_on_validation": pick_on_validation, "spearman": spearman,
     "taylor_one_layer": one_layer(lambda w, g: (w * g).abs()), "global_masks": global_masks,
     "coupled_layers": coupled_layers, "keep_inputs": keep_inputs, "speedup_at": speedup_at,
-    **{name: answers[0] for name, answers in RIGHT_ALSO.items()},  # chapters 01, 03, 04, 06: the notebook's answer
+    **{name: answers[0] for name, answers in RIGHT_ALSO.items()},  # chapters 01, 03, 04, 06, 07: the notebook's answer
 }
 
 
@@ -718,10 +763,16 @@ def test_every_check_has_a_right_and_wrong_answers():
     assert all(len(v) >= 2 for v in WRONG.values())
 
 
-def test_every_check_of_chapters_01_03_04_06_has_right_alternatives_and_wrong_answers_with_causes():
-    from deeplsp_helpers.checks import ch01_granularity, ch03_timing, ch04_torch_prune, ch06_deeplsp
+def test_every_check_of_chapters_01_03_04_06_07_has_right_alternatives_and_wrong_answers_with_causes():
+    from deeplsp_helpers.checks import (
+        ch01_granularity,
+        ch03_timing,
+        ch04_torch_prune,
+        ch06_deeplsp,
+        ch07_deployment,
+    )
 
-    modules = (ch01_granularity, ch03_timing, ch04_torch_prune, ch06_deeplsp)
+    modules = (ch01_granularity, ch03_timing, ch04_torch_prune, ch06_deeplsp, ch07_deployment)
     names = sorted(n[len("check_"):] for m in modules for n in vars(m) if n.startswith("check_"))
     assert names == sorted(RIGHT_ALSO) == sorted(WRONG_TOLD)
     assert all(f"check_{n}" in checks.__all__ for n in names)
@@ -803,7 +854,7 @@ def test_a_check_leaves_the_global_random_state_alone():
 
 
 @pytest.mark.parametrize("name", sorted(RIGHT_ALSO))
-def test_checks_of_chapters_01_03_04_06_leave_the_random_state_alone_and_are_fast(name, capsys):
+def test_checks_of_chapters_01_03_04_06_07_leave_the_random_state_alone_and_are_fast(name, capsys):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)

@@ -471,3 +471,50 @@ def teacher_speedup(speedup):
     got = speedup(Busy(0.002), Busy(0.004), torch.zeros(2, 3))
     assert abs(float(got) - 0.5) < 0.125, f"a candidate twice as slow as the baseline is 0.5x, got {got}"
     print("teacher-only cases of speedup: 1 passed")
+
+
+# ---- chapter 07 ---------------------------------------------------------------------------------------------
+
+
+def teacher_ort_predict(ort_predict):
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    import torch
+    from torch import nn
+
+    from deeplsp_helpers.deploy import ort_session
+
+    torch.manual_seed(21)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 3 * 3, 7)).eval()
+    X = torch.randn(9, 2, 5, 5)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "teacher.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (X[:1],), str(path), input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "b"}, "logits": {0: "b"}}, opset_version=17, dynamo=False)
+        session = ort_session(path, threads=1)
+    want = model(X).argmax(1).tolist()
+    got = ort_predict(session, X.transpose(2, 3).contiguous().transpose(2, 3))  # the same values, not contiguous
+    labels = got.tolist() if hasattr(got, "tolist") else got
+    assert labels == want, f"ort_predict on a conv model with input 'images' should give {want}, got {labels}"
+    print("teacher-only cases of ort_predict: 1 passed")
+
+
+def teacher_masked_layers(masked_layers):
+    import torch
+    from torch import nn
+    from torch.nn.utils import prune
+
+    torch.manual_seed(22)
+    model = nn.ModuleDict({"enc": nn.ModuleList([nn.Linear(4, 4), nn.LayerNorm(4)]), "dec": nn.Linear(4, 2)})
+    prune.random_unstructured(model["enc"][1], "weight", amount=0.5)   # a LayerNorm inside a ModuleList
+    prune.l1_unstructured(model["dec"], "weight", amount=0.5)
+    prune.l1_unstructured(model["dec"], "weight", amount=0.5)          # twice: a PruningContainer
+    prune.l1_unstructured(model["enc"][0], "bias", amount=0.5)
+    prune.remove(model["enc"][0], "bias")                              # made permanent
+    got = set(masked_layers(model))
+    assert got == {"enc.1", "dec"}, f"masked_layers should be ['dec', 'enc.1'], got {sorted(got)}"
+    print("teacher-only cases of masked_layers: 1 passed")

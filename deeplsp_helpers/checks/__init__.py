@@ -6,7 +6,7 @@ and compares it with what it must compute. A wrong answer raises :class:`CheckFa
 failed and what was expected; an exercise not written yet (``raise NotImplementedError``) says so. In
 Jupyter a failed check shows that one message, not a traceback. A passed check prints how many cases it ran.
 
-One module per chapter (``ch00_getting_started`` … ``ch06_deeplsp``) holds that chapter's checks; the shared
+One module per chapter (``ch00_getting_started`` … ``ch07_deployment``) holds that chapter's checks; the shared
 harness (calling the learner's function, comparing, reporting) is in ``_harness``. Call them from here:
 ``from deeplsp_helpers import checks; checks.check_spearman(spearman)``.
 """
@@ -22,6 +22,7 @@ from .ch03_timing import check_iterative_steps, check_keep_zero, check_one_shot_
 from .ch04_torch_prune import check_compound_sparsity, check_strip_pruning, check_threshold_pruning
 from .ch05_structured import check_coupled_layers, check_keep_inputs, check_speedup_at
 from .ch06_deeplsp import check_global_sparsity, check_is_dead, check_speedup
+from .ch07_deployment import check_masked_layers, check_ort_predict
 
 __all__ = [
     "CheckFailed",
@@ -33,4 +34,5 @@ __all__ = [
     "check_compound_sparsity", "check_threshold_pruning", "check_strip_pruning",     # 04
     "check_coupled_layers", "check_keep_inputs", "check_speedup_at",                 # 05
     "check_is_dead", "check_global_sparsity", "check_speedup",                       # 06
+    "check_ort_predict", "check_masked_layers",                                      # 07
 ]

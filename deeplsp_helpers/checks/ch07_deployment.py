@@ -1,0 +1,131 @@
+"""Chapter 07, deployment: predictions from an ONNX Runtime session, finding the prune masks a model still carries."""
+
+from __future__ import annotations
+
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from ._harness import CheckFailed, _call, _callable, _expect, _own_rng, _passed
+
+
+def _session(model, x, input_name):
+    """An ONNX Runtime session (1 thread) for ``model`` exported with its input called ``input_name``."""
+    import warnings
+
+    from ..deploy import _TORCHSCRIPT_EXPORTER, ort_session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model.eval(), (x,), str(path), input_names=[input_name], output_names=["scores"],
+                              dynamic_axes={input_name: {0: "n"}, "scores": {0: "n"}}, opset_version=17,
+                              **_TORCHSCRIPT_EXPORTER)
+        return ort_session(path, threads=1)  # the session holds the graph in memory: the file may go
+
+
+def _labels(got):
+    """The answer as a list of ints, or None if it is not a 1-D integer tensor / array."""
+    if isinstance(got, torch.Tensor):
+        ok = got.ndim == 1 and not got.is_floating_point() and got.dtype != torch.bool
+        return got.tolist() if ok else None
+    if type(got).__module__ == "numpy":
+        import numpy as np
+
+        ok = got.ndim == 1 and np.issubdtype(got.dtype, np.integer)
+        return got.tolist() if ok else None
+    return None
+
+
+@_own_rng
+def check_ort_predict(ort_predict):
+    """ort_predict(session, X): the predicted class of each sample of the batch tensor ``X`` (float32 or float64),
+    computed by the ONNX Runtime ``session``, as a 1-D integer tensor (or NumPy array)."""
+    _callable(ort_predict, "ort_predict")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 5))
+    cases = [("input", torch.randn(6, 1, 3, 4)), ("pixels", torch.randn(1, 1, 3, 4)),
+             ("pixels", torch.randn(7, 1, 3, 4, dtype=torch.float64))]
+    for name, X in cases:
+        session = _session(model, X[:1].float(), name)
+        want = model(X.float()).argmax(1).tolist()
+        try:
+            got = _call("ort_predict", ort_predict, session, X)
+        except CheckFailed as failed:
+            hint, text = "", str(failed).lower()
+            if "input name" in text or "pixels" in text:
+                hint = f"; this model's input is called {name!r}: read the name from session.get_inputs()[0].name"
+            elif "data type" in text or "double" in text:
+                hint = "; ONNX Runtime takes a float32 NumPy array: X.float().numpy() (X was float64 here)"
+            raise CheckFailed(f"{failed}{hint}") from None
+        labels = _labels(got)
+        shape = tuple(getattr(got, "shape", ()))
+        if labels is None or len(labels) != len(X):
+            why = "return the class of each sample (a 1-D integer tensor), got "
+            if shape == (len(X), 5):
+                why += "the scores of every class: take the argmax over the classes (axis 1)"
+            elif shape == (5,):
+                why += "an argmax over the batch (axis 0): take it over the classes (axis 1)"
+            elif shape == (len(X),):
+                why += f"values of type {getattr(got, 'dtype', '?')}: the classes are integers (argmax gives int64)"
+            else:
+                why += f"{type(got).__name__} of shape {shape}" if shape else type(got).__name__
+            raise CheckFailed(f"ort_predict on a batch of {len(X)}: {why}")
+        _expect(labels == want, f"ort_predict on a batch of {len(X)} ({X.dtype}) should give {want}, got {labels}")
+    _passed("ort_predict", len(cases))
+
+
+class _Gain(nn.Module):
+    """A module whose parameter is called neither weight nor bias."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.gain = nn.Parameter(torch.linspace(-1.0, 1.0, n))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+def _masked_model():
+    model = nn.Sequential(OrderedDict(
+        stem=nn.Conv2d(1, 4, 3), bn=nn.BatchNorm2d(4),
+        body=nn.Sequential(OrderedDict(conv=nn.Conv2d(4, 4, 3), conv2=nn.Conv2d(4, 4, 1), scale=_Gain(4))),
+        head=nn.Sequential(OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(), fc=nn.Linear(4, 3)))))
+    prune.l1_unstructured(model.stem, "weight", amount=0.5)
+    prune.l1_unstructured(model.body.conv, "weight", amount=0.3)
+    prune.remove(model.body.conv, "weight")              # made permanent: no mask left
+    prune.l1_unstructured(model.body.conv2, "weight", amount=0.5)  # nested
+    prune.l1_unstructured(model.body.scale, "gain", amount=0.5)
+    prune.l1_unstructured(model.head.fc, "bias", amount=0.4)  # only the bias carries a mask
+    return model
+
+
+@_own_rng
+def check_masked_layers(masked_layers):
+    """masked_layers(model): the set of names (as ``model.named_modules()`` gives them) of the modules that still
+    carry a ``torch.nn.utils.prune`` mask on any of their tensors, nested modules included."""
+    _callable(masked_layers, "masked_layers")
+    torch.manual_seed(0)
+    cases = [(_masked_model(), {"stem", "body.conv2", "body.scale", "head.fc"}), (nn.Sequential(nn.Linear(3, 2)), set())]
+    for model, want in cases:
+        got = _call("masked_layers", masked_layers, model)
+        _expect(isinstance(got, (set, frozenset, list, tuple)) and all(isinstance(n, str) for n in got),
+                "masked_layers should return a set of module names (str), got "
+                + (f"a {type(got).__name__} of {type(next(iter(got))).__name__}" if isinstance(got, (set, list, tuple))
+                   and got else type(got).__name__))
+        got = set(got)
+        hint = ""
+        if got == {"stem"}:
+            hint = ": nested modules count too (model.named_modules(), not named_children())"
+        elif got == {"stem", "body.conv2"}:
+            hint = ": a mask on any tensor counts (head.fc's bias_mask, body.scale's gain_mask), not only weight_mask"
+        elif "body.conv" in got:
+            hint = ": body.conv was made permanent with prune.remove, it has no mask left"
+        _expect(got == want, f"masked_layers on a model with masks in {sorted(want) or 'no module'} returned "
+                             f"{sorted(got)}{hint}")
+    _passed("masked_layers", len(cases))
