@@ -32,13 +32,25 @@ def _number_arg(low: float, high: float, *, low_open: bool = False, high_open: b
     return parse
 
 
+def _cnn_name(text: str) -> str:
+    """A ``--model`` value: the transformers are refused with the reason (the choices list names the CNNs)."""
+    from .models import TRANSFORMER_NAMES
+
+    if text.lower() in TRANSFORMER_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"{text} is a transformer; the DeepLSP pipeline prunes convolution channels (chapters 05-06). Prune a "
+            "transformer's heads, MLP neurons or weights with deeplsp_helpers.transformer_pruning (chapter 08)")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .models import MODEL_NAMES
+    from .models import CNN_NAMES
 
     p = argparse.ArgumentParser(prog="python -m deeplsp_helpers.deeplsp",
                                 description="Prune a pretrained reference model with the DeepLSP pipeline, print "
                                             "the per-stage report and save a deployable model.")
-    p.add_argument("--model", required=True, choices=MODEL_NAMES, help="which pretrained reference model to prune")
+    p.add_argument("--model", required=True, type=_cnn_name, choices=CNN_NAMES,
+                   help="which pretrained convolutional reference model to prune")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--structured", type=_number_arg(0, 1), default=None,
                      help="fraction of channels to remove globally, in [0, 1) (default 0.5 if no --target-speedup)")

@@ -51,10 +51,15 @@ _TORCHSCRIPT_EXPORTER = {"dynamo": False} if "dynamo" in inspect.signature(torch
 
 
 def _masked_layers(model: nn.Module) -> list[str]:
-    """Names of the modules that hold a ``torch.nn.utils.prune`` mask (a forward pre-hook and ``*_mask``)."""
+    """Names of the modules that hold a ``torch.nn.utils.prune`` mask: a pruning forward pre-hook, or the pair it
+    leaves (a buffer ``<name>_mask`` next to a parameter ``<name>_orig``). Other buffers whose name ends in
+    ``_mask`` (an attention mask, say) do not count."""
+    def pruned_pair(m):
+        params = {p for p, _ in m.named_parameters(recurse=False)}
+        return any(b.endswith("_mask") and f"{b[:-len('_mask')]}_orig" in params for b, _ in m.named_buffers(recurse=False))
+
     return [name or type(m).__name__ for name, m in model.named_modules()
-            if any(isinstance(h, prune.BasePruningMethod) for h in m._forward_pre_hooks.values())
-            or any(b.endswith("_mask") for b, _ in m.named_buffers(recurse=False))]
+            if any(isinstance(h, prune.BasePruningMethod) for h in m._forward_pre_hooks.values()) or pruned_pair(m)]
 
 
 def _check_path(path, name: str = "path") -> Path:
@@ -76,7 +81,8 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.P
 
     Uses PyTorch's TorchScript-based exporter (``dynamo=False``, which needs no ``onnxscript``); it traces
     ``model(example_inputs)``, so the graph holds the operations of that one call (no Python control flow),
-    folds constants and fuses each BatchNorm into the convolution before it. Its deprecation warning is
+    and folds constants; with constant folding (on here) and the model in eval mode it also folds each
+    BatchNorm into the convolution before it. Its deprecation warning is
     silenced here. With ``dynamic_batch`` the first dimension of the input and output is named ``batch`` and
     left free, so the file runs any batch size; the other dimensions are fixed to ``example_inputs``'s.
 
@@ -222,10 +228,13 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     ONNX Runtime's static quantization: the model is first pre-processed as ONNX Runtime recommends (shape
     inference and graph optimization: ``quant_pre_process``), then run on ``calibration_batches`` (a list of
     input batches or ``(X, y)`` pairs; draw them from the **training** split, e.g.
-    ``data.calibration_batches(splits.train, 4, 128)``) to record each activation's range (min/max). Weights
-    and activations are stored as int8 with a scale and zero point in QDQ format (QuantizeLinear /
-    DequantizeLinear pairs that ONNX Runtime fuses into integer kernels); ``per_channel`` gives every output
-    channel of a weight its own scale. A weight that is zero stays exactly zero.
+    ``data.calibration_batches(splits.train, 4, 128)``) to record each activation's range (min/max). In the QDQ
+    format written here, weights are stored as int8 (symmetric: zero point 0, scale from each output channel's
+    largest |w| with ``per_channel``) behind a DequantizeLinear, biases as int32, and activations pass through
+    QuantizeLinear / DequantizeLinear pairs with the calibrated scales; ONNX Runtime replaces these patterns by
+    integer kernels where it has them (an operator without one runs in float). Activations are int8 too (S8S8);
+    ONNX Runtime's documentation suggests uint8 activations (U8S8) on some x86 CPUs. A weight that is zero
+    stays exactly zero.
     """
     onnx_path = _existing_file(onnx_path, "onnx_path")
     out_path = _check_path(out_path, "out_path")
@@ -254,7 +263,8 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(onnx_path), str(prepared))
         quantize_static(prepared, quantized, Batches(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        extra_options={"WeightSymmetric": True})  # zero point 0: a zero weight stays exactly 0
         data = quantized.read_bytes()
     return atomic_write(out_path, lambda f: f.write(data))
 

@@ -227,7 +227,9 @@ def _make_optimizer(model, optimizer: str, lr: float, weight_decay: float, momen
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
     if optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    if optimizer == "adamw":  # decoupled weight decay (Loshchilov & Hutter, arXiv:1711.05101): the transformers' default
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {optimizer!r}")
 
 
 def _check_hparams(num_epochs, lr, weight_decay):
@@ -246,6 +248,7 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
     """Train with cross-entropy; optionally keep the epoch with the best validation accuracy.
 
     Args:
+        optimizer: ``'sgd'`` (Nesterov momentum), ``'adam'`` or ``'adamw'`` (decoupled weight decay).
         schedule: ``'onecycle'`` (Smith & Topin, arXiv:1708.07120), ``'cosine'`` or ``'constant'``.
         select_best: with a ``val_loader``, restore the weights of the best validation epoch.
         callbacks: called as ``cb(model)`` after every optimizer step (e.g. to re-apply masks).

@@ -238,7 +238,7 @@ def _view_not_copy(fc, keep):
 
 
 
-# ---- chapters 01, 03, 04, 06, 07: every right alternative the tasks allow, and wrong answers with their cause ----
+# ---- chapters 01, 03, 04, 06, 07, 08: every right alternative the tasks allow, and wrong answers with their cause ----
 # A check that takes several functions (an experiment: a measurement and an answer read off it) gets a tuple.
 
 
@@ -517,11 +517,15 @@ def _speedup_params(baseline, candidate, inputs):
 
 def ort_predict(session, X):
     name = session.get_inputs()[0].name
-    return torch.from_numpy(session.run(None, {name: X.float().numpy()})[0]).argmax(1)
+    return torch.from_numpy(session.run(None, {name: X.detach().cpu().float().numpy()})[0]).argmax(1)
 
 
 def _ort_predict_numpy(session, X):
     return session.run(None, {session.get_inputs()[0].name: X.detach().numpy().astype("float32")})[0].argmax(1)
+
+
+def _masked_no_root(model):
+    return {name for name in masked_layers(model) if name}
 
 
 def masked_layers(model):
@@ -539,6 +543,93 @@ def _masked_weight_only(model):
 
 def _masked_children_only(model):
     return {name for name, m in model.named_children() if prune.is_pruned(m) and hasattr(m, "weight_mask")}
+
+
+def wanda_mask(weight, input_norms, sparsity):
+    scores = weight.abs() * input_norms  # [out, in] * [in]: input j scales column j
+    k = round(sparsity * weight.shape[1])
+    mask = torch.ones_like(weight)
+    mask.scatter_(1, scores.argsort(dim=1)[:, :k], 0.0)
+    return mask
+
+
+def _wanda_with_package(weight, input_norms, sparsity):
+    from deeplsp_helpers import transformer_pruning
+
+    return transformer_pruning.row_mask(transformer_pruning.wanda_scores(weight, input_norms), sparsity).bool()
+
+
+def _wanda_keep_lowest(weight, input_norms, sparsity):
+    return 1 - wanda_mask(weight, input_norms, 1 - sparsity)
+
+
+def _wanda_row_norms(weight, input_norms, sparsity):  # input_norms[j] applied to row j
+    scores = weight.abs() * input_norms[:, None]
+    k = round(sparsity * weight.shape[1])
+    return torch.ones_like(weight).scatter_(1, scores.argsort(dim=1)[:, :k], 0.0)
+
+
+def _wanda_global(weight, input_norms, sparsity):  # one threshold over the whole layer
+    flat = (weight.abs() * input_norms).flatten()
+    mask = torch.ones_like(flat)
+    mask[flat.argsort()[:round(sparsity * weight.shape[1]) * weight.shape[0]]] = 0
+    return mask.view_as(weight)
+
+
+def nm_mask_rows(scores, n, m):
+    groups = scores.reshape(scores.shape[0], -1, m)  # [out, in/m, m]
+    return torch.zeros_like(groups).scatter_(2, groups.topk(n, dim=2).indices, 1.0).reshape(scores.shape)
+
+
+def _nm_with_package(scores, n, m):
+    return masks.nm_mask(scores, n, m, dim=1)
+
+
+def remove_head(attn, h):
+    d = attn.head_dim
+    keep = torch.tensor([i for i in range(attn.num_heads * d) if i // d != h])
+    for name in ("q_proj", "k_proj", "v_proj"):
+        old = getattr(attn, name)
+        new = nn.Linear(old.in_features, len(keep))
+        new.weight.data, new.bias.data = old.weight.data[keep].clone(), old.bias.data[keep].clone()
+        setattr(attn, name, new)
+    old = attn.out_proj
+    new = nn.Linear(len(keep), old.out_features)
+    new.weight.data, new.bias.data = old.weight.data[:, keep].clone(), old.bias.data.clone()
+    attn.out_proj = new
+    return attn
+
+
+def _remove_head_with_package(attn, h):
+    from deeplsp_helpers import transformer_pruning
+
+    return transformer_pruning.remove_heads(attn, [h])
+
+
+def _remove_head_rows(attn, h):  # removes rows h .. h + d - 1 instead of the head's block h·d ..
+    d = attn.head_dim
+    keep = torch.tensor([i for i in range(attn.num_heads * d) if not h <= i < h + d])
+    for name in ("q_proj", "k_proj", "v_proj"):
+        old = getattr(attn, name)
+        new = nn.Linear(old.in_features, len(keep))
+        new.weight.data, new.bias.data = old.weight.data[keep].clone(), old.bias.data[keep].clone()
+        setattr(attn, name, new)
+    old = attn.out_proj
+    new = nn.Linear(len(keep), old.out_features)
+    new.weight.data, new.bias.data = old.weight.data[:, keep].clone(), old.bias.data.clone()
+    attn.out_proj = new
+    return attn
+
+
+def _remove_head_keep_out_proj(attn, h):
+    out = attn.out_proj
+    remove_head(attn, h)
+    attn.out_proj = out
+    return attn
+
+
+def _remove_head_copy(attn, h):
+    return remove_head(copy.deepcopy(attn), h)
 
 
 RIGHT_ALSO = {  # the first answer is the notebook's; each one must pass
@@ -562,6 +653,9 @@ RIGHT_ALSO = {  # the first answer is the notebook's; each one must pass
     "speedup": [speedup],
     "ort_predict": [ort_predict, _ort_predict_numpy],
     "masked_layers": [masked_layers, _masked_by_buffers],
+    "wanda_mask": [wanda_mask, _wanda_with_package],
+    "nm_mask_rows": [nm_mask_rows, _nm_with_package],
+    "remove_head": [remove_head, _remove_head_with_package],
 }
 
 WRONG_TOLD = {  # (wrong answer, what the message must say)
@@ -664,21 +758,42 @@ WRONG_TOLD = {  # (wrong answer, what the message must say)
         (lambda b, c, x: None, "positive number"),
     ],
     "ort_predict": [
-        (lambda session, X: torch.from_numpy(session.run(None, {session.get_inputs()[0].name: X.float().numpy()})[0]),
+        (lambda session, X: torch.from_numpy(session.run(None, {session.get_inputs()[0].name: X.detach().float().numpy()})[0]),
          "argmax over the classes"),
         (lambda session, X: ort_predict(session, X).float(), "1-D integer tensor"),
-        (lambda session, X: torch.from_numpy(session.run(None, {"input": X.float().numpy()})[0]).argmax(1),
+        (lambda session, X: torch.from_numpy(session.run(None, {"input": X.detach().float().numpy()})[0]).argmax(1),
          "session.get_inputs"),
-        (lambda session, X: torch.from_numpy(session.run(None, {session.get_inputs()[0].name: X.numpy()})[0]).argmax(1),
-         "float32"),
+        (lambda session, X: torch.from_numpy(session.run(None, {session.get_inputs()[0].name: X.detach().numpy()})[0])
+         .argmax(1), "float32"),
+        (lambda session, X: torch.from_numpy(session.run(None, {session.get_inputs()[0].name: X.detach().float().numpy()})
+                                             [0]).argmax(0), "argmax over the batch"),
         (lambda session, X: torch.from_numpy(session.run(None, {session.get_inputs()[0].name: X.float().numpy()})[0])
-         .argmax(0), "argmax over the batch"),
+         .argmax(1), "detach"),
     ],
     "masked_layers": [
         (_masked_weight_only, "not only weight_mask"), (_masked_children_only, "named_children"),
         (lambda model: {m for _, m in model.named_modules() if prune.is_pruned(m)}, "module names"),
         (lambda model: prune.is_pruned(model), "set of module names"),
         (lambda model: masked_layers(model) | {"body.conv"}, "prune.remove"),
+        (_masked_no_root, "the model itself"),
+    ],
+    "wanda_mask": [
+        (lambda w, norms, s: wanda_mask(w, torch.ones_like(norms), s), "magnitude pruning"),
+        (_wanda_keep_lowest, "keep the highest"),
+        (_wanda_row_norms, "RuntimeError|column j"),
+        (_wanda_global, "within each output row"),
+        (lambda w, norms, s: w.abs() * norms, "only 0 and 1"),
+    ],
+    "nm_mask_rows": [
+        (lambda scores, n, m: nm_mask_rows(-scores, n, m), "not the lowest"),
+        (lambda scores, n, m: torch.zeros_like(scores).scatter_(1, scores.topk(n * scores.shape[1] // m, dim=1).indices,
+                                                                1.0), "of the row"),
+        (lambda scores, n, m: nm_mask_rows(scores.T.contiguous(), n, m).T, "RuntimeError|not down the columns"),
+        (lambda scores, n, m: nm_mask_rows(scores, n, m).long(), "float 0/1 tensor or a bool"),
+    ],
+    "remove_head": [
+        (_remove_head_rows, "rows"), (_remove_head_keep_out_proj, "columns"), (_remove_head_copy, "in place"),
+        (lambda attn, h: None, "in place and return"),
     ],
 }
 
@@ -753,7 +868,7 @@ RIGHT = {
     "pick_on_validation": pick_on_validation, "spearman": spearman,
     "taylor_one_layer": one_layer(lambda w, g: (w * g).abs()), "global_masks": global_masks,
     "coupled_layers": coupled_layers, "keep_inputs": keep_inputs, "speedup_at": speedup_at,
-    **{name: answers[0] for name, answers in RIGHT_ALSO.items()},  # chapters 01, 03, 04, 06, 07: the notebook's answer
+    **{name: answers[0] for name, answers in RIGHT_ALSO.items()},  # chapters 01, 03, 04, 06-08: the notebook's answer
 }
 
 
@@ -763,16 +878,17 @@ def test_every_check_has_a_right_and_wrong_answers():
     assert all(len(v) >= 2 for v in WRONG.values())
 
 
-def test_every_check_of_chapters_01_03_04_06_07_has_right_alternatives_and_wrong_answers_with_causes():
+def test_every_check_of_chapters_01_03_04_06_07_08_has_right_alternatives_and_wrong_answers_with_causes():
     from deeplsp_helpers.checks import (
         ch01_granularity,
         ch03_timing,
         ch04_torch_prune,
         ch06_deeplsp,
         ch07_deployment,
+        ch08_transformers,
     )
 
-    modules = (ch01_granularity, ch03_timing, ch04_torch_prune, ch06_deeplsp, ch07_deployment)
+    modules = (ch01_granularity, ch03_timing, ch04_torch_prune, ch06_deeplsp, ch07_deployment, ch08_transformers)
     names = sorted(n[len("check_"):] for m in modules for n in vars(m) if n.startswith("check_"))
     assert names == sorted(RIGHT_ALSO) == sorted(WRONG_TOLD)
     assert all(f"check_{n}" in checks.__all__ for n in names)
@@ -854,7 +970,7 @@ def test_a_check_leaves_the_global_random_state_alone():
 
 
 @pytest.mark.parametrize("name", sorted(RIGHT_ALSO))
-def test_checks_of_chapters_01_03_04_06_07_leave_the_random_state_alone_and_are_fast(name, capsys):
+def test_checks_of_chapters_01_03_04_06_07_08_leave_the_random_state_alone_and_are_fast(name, capsys):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)

@@ -171,6 +171,20 @@ def test_cli_help_and_bad_options():
     assert bad.returncode == 2 and "writable folder" in bad.stderr
 
 
+def test_cli_offers_the_cnns_and_refuses_a_transformer_with_the_reason(capsys):
+    from deeplsp_helpers import deeplsp_cli
+
+    parser = deeplsp_cli.build_parser()
+    assert parser.parse_args(["--model", "resnet", "--out", "x.pt"]).model == "resnet"
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--model", "vit", "--out", "x.pt"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "vit is a transformer" in err and "transformer_pruning" in err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", "alexnet", "--out", "x.pt"])
+    assert "choose from 'lenet', 'vgg', 'resnet', 'mobilenet')" in capsys.readouterr().err
+
+
 def test_cli_errors_at_run_time_are_one_line_and_write_nothing(tmp_path):
     out = tmp_path / "x.pt"
     res = subprocess.run([sys.executable, "-m", "deeplsp_helpers.deeplsp", "--model", "lenet", "--out", str(out)],

@@ -27,3 +27,58 @@ def test_lenet_has_the_classic_layout():
     linears = [x for x in m.modules() if isinstance(x, torch.nn.Linear)]
     assert len(convs) == 2 and len(linears) == 3
     assert sum(p.numel() for p in m.parameters()) == 44426
+
+
+def test_model_names_are_the_cnns_and_the_transformers():
+    assert models.MODEL_NAMES == models.CNN_NAMES + models.TRANSFORMER_NAMES == ("lenet", "vgg", "resnet", "mobilenet",
+                                                                                 "vit")
+    assert isinstance(models.build_model("ViT"), models.ViT)
+
+
+def test_vit_has_the_documented_layout_and_a_small_checkpoint():
+    import io
+
+    model = models.build_model("vit")
+    assert len(model.blocks) == 4 and model.pos_embed.shape == (1, 50, 64)  # 7x7 patches of 4x4 and a class token
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    assert (attn.num_heads, attn.head_dim, mlp.fc1.out_features) == (4, 16, 128)
+    assert sum(p.numel() for p in model.parameters()) == 139018
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    assert buf.tell() < 2 * 1024 * 1024
+    X = torch.randn(2, 1, 28, 28)
+    model(X).sum().backward()  # every parameter takes part
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_hand_written_attention_matches_torch_multihead_attention():
+    torch.manual_seed(0)
+    attn = models.SelfAttention(dim=12, num_heads=3)
+    ref = torch.nn.MultiheadAttention(12, 3, batch_first=True)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
+        ref.in_proj_bias.copy_(torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
+        ref.out_proj.weight.copy_(attn.out_proj.weight)
+        ref.out_proj.bias.copy_(attn.out_proj.bias)
+        x = torch.randn(2, 5, 12)  # [N, T, D]
+        torch.testing.assert_close(attn(x), ref(x, x, x, need_weights=False)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_num_heads_follows_the_weights():
+    attn = models.SelfAttention(dim=8, num_heads=4)
+    attn.num_heads = 4  # agreeing with the weights is fine (Torch-Pruning users set it after pruning)
+    with pytest.raises(ValueError, match="follows from the weights"):
+        attn.num_heads = 2
+    attn.k_proj = torch.nn.Linear(8, 6)  # a half-done surgery is an error, not a silent wrong answer
+    with pytest.raises(RuntimeError, match="disagree"):
+        attn(torch.randn(1, 3, 8))
+
+
+def test_transformer_settings_are_validated():
+    with pytest.raises(ValueError, match="not divisible"):
+        models.SelfAttention(dim=10, num_heads=4)
+    assert models.SelfAttention(dim=10, num_heads=4, head_dim=3).q_proj.out_features == 12
+    with pytest.raises(ValueError, match="does not divide"):
+        models.ViT(patch_size=5)
+    with pytest.raises(ValueError, match="depth"):
+        models.ViT(depth=0)

@@ -224,3 +224,15 @@ def test_before_step_hooks_see_the_gradients_and_can_change_the_step(small):
     assert torch.equal(model.fc3.weight.detach(), before) and not torch.equal(model.fc1.weight.detach(), fc1_before)
     with pytest.raises(TypeError, match="before_step"):
         train.fine_tune(model, small.train, before_step=freeze_fc3, progress=False)  # one callable, not a list
+
+
+def test_adamw_decays_the_weights_apart_from_the_gradient():
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.ones_(model.weight)
+    opt = train._make_optimizer(model, "adamw", lr=0.1, weight_decay=0.5, momentum=0.9)
+    assert isinstance(opt, torch.optim.AdamW)
+    (0 * model.weight).sum().backward()  # a zero gradient: Adam's step is 0, the decoupled decay is lr * wd * w
+    opt.step()
+    assert model.weight.item() == pytest.approx(1 - 0.1 * 0.5)
+    with pytest.raises(ValueError, match="'sgd', 'adam' or 'adamw'"):
+        train._make_optimizer(model, "rmsprop", lr=0.1, weight_decay=0.0, momentum=0.9)

@@ -518,3 +518,59 @@ def teacher_masked_layers(masked_layers):
     got = set(masked_layers(model))
     assert got == {"enc.1", "dec"}, f"masked_layers should be ['dec', 'enc.1'], got {sorted(got)}"
     print("teacher-only cases of masked_layers: 1 passed")
+
+
+# ---- chapter 08 ---------------------------------------------------------------------------------------------
+
+
+def teacher_wanda_mask(wanda_mask):
+    import torch
+
+    gen = torch.Generator().manual_seed(31)
+    w = torch.randn(5, 12, generator=gen)
+    norms = torch.rand(12, generator=gen) + 0.5
+    norms[[2, 7]] = torch.tensor([0.01, 30.0])               # a silent input and a loud one
+    for sparsity in (0.25, 0.75):
+        k = round(sparsity * 12)
+        scores = w.abs() * norms
+        want = torch.ones_like(w).scatter_(1, scores.argsort(dim=1)[:, :k], 0.0)
+        got = wanda_mask(w, norms, sparsity)
+        assert torch.equal(got.float(), want), f"wanda_mask on a 5x12 weight at sparsity {sparsity}: wrong mask"
+    print("teacher-only cases of wanda_mask: 2 passed")
+
+
+def teacher_nm_mask_rows(nm_mask_rows):
+    import torch
+
+    gen = torch.Generator().manual_seed(32)
+    for rows, cols, n, m in ((5, 12, 2, 4), (3, 8, 3, 4), (2, 10, 1, 2)):
+        scores = torch.rand(rows, cols, generator=gen)
+        groups = scores.reshape(rows, -1, m)
+        want = torch.zeros_like(groups).scatter_(2, groups.topk(n, dim=2).indices, 1.0).reshape(rows, cols)
+        got = nm_mask_rows(scores, n, m)
+        assert torch.equal(got.float(), want), f"nm_mask_rows on scores {rows}x{cols}, {n}:{m}: wrong mask"
+    print("teacher-only cases of nm_mask_rows: 3 passed")
+
+
+def teacher_remove_head(remove_head):
+    import copy
+
+    import torch
+
+    from deeplsp_helpers.models import SelfAttention
+
+    torch.manual_seed(33)
+    attn = SelfAttention(16, 4).eval()
+    x = torch.randn(3, 7, 16)
+    silenced = copy.deepcopy(attn)
+    with torch.no_grad():
+        silenced.out_proj.weight[:, 8:12] = 0                  # head 2 of 4 (head_dim 4)
+    want = silenced(x)
+    remove_head(attn, 2)
+    remove_head(attn, 0)                                       # twice: head 0 of the 3 left
+    with torch.no_grad():
+        silenced.out_proj.weight[:, 0:4] = 0
+    assert attn.num_heads == 2 and attn.q_proj.weight.shape == (8, 16), "two heads of 4 should remain"
+    assert torch.allclose(attn(x), silenced(x), atol=1e-6), "removing heads 2 then 0 must equal silencing them"
+    assert want.shape == attn(x).shape
+    print("teacher-only cases of remove_head: 1 passed")

@@ -50,10 +50,11 @@ def check_ort_predict(ort_predict):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 5))
     cases = [("input", torch.randn(6, 1, 3, 4)), ("pixels", torch.randn(1, 1, 3, 4)),
-             ("pixels", torch.randn(7, 1, 3, 4, dtype=torch.float64))]
+             ("pixels", torch.randn(7, 1, 3, 4, dtype=torch.float64)),
+             ("input", torch.randn(4, 1, 3, 4, requires_grad=True))]  # e.g. a batch still in an autograd graph
     for name, X in cases:
-        session = _session(model, X[:1].float(), name)
-        want = model(X.float()).argmax(1).tolist()
+        session = _session(model, X[:1].detach().float(), name)
+        want = model(X.detach().float()).argmax(1).tolist()
         try:
             got = _call("ort_predict", ort_predict, session, X)
         except CheckFailed as failed:
@@ -62,6 +63,8 @@ def check_ort_predict(ort_predict):
                 hint = f"; this model's input is called {name!r}: read the name from session.get_inputs()[0].name"
             elif "data type" in text or "double" in text:
                 hint = "; ONNX Runtime takes a float32 NumPy array: X.float().numpy() (X was float64 here)"
+            elif "requires grad" in text:
+                hint = "; X requires grad here: X.detach() before .numpy()"
             raise CheckFailed(f"{failed}{hint}") from None
         labels = _labels(got)
         shape = tuple(getattr(got, "shape", ()))
@@ -111,7 +114,10 @@ def check_masked_layers(masked_layers):
     carry a ``torch.nn.utils.prune`` mask on any of their tensors, nested modules included."""
     _callable(masked_layers, "masked_layers")
     torch.manual_seed(0)
-    cases = [(_masked_model(), {"stem", "body.conv2", "body.scale", "head.fc"}), (nn.Sequential(nn.Linear(3, 2)), set())]
+    root = nn.Linear(3, 2)
+    prune.l1_unstructured(root, "weight", amount=0.5)  # the model itself is pruned: its name is ""
+    cases = [(_masked_model(), {"stem", "body.conv2", "body.scale", "head.fc"}), (nn.Sequential(nn.Linear(3, 2)), set()),
+             (root, {""})]
     for model, want in cases:
         got = _call("masked_layers", masked_layers, model)
         _expect(isinstance(got, (set, frozenset, list, tuple)) and all(isinstance(n, str) for n in got),
@@ -126,6 +132,8 @@ def check_masked_layers(masked_layers):
             hint = ": a mask on any tensor counts (head.fc's bias_mask, body.scale's gain_mask), not only weight_mask"
         elif "body.conv" in got:
             hint = ": body.conv was made permanent with prune.remove, it has no mask left"
+        elif want == {""}:
+            hint = ": the model itself is pruned here, and model.named_modules() names it \"\" (keep empty names)"
         _expect(got == want, f"masked_layers on a model with masks in {sorted(want) or 'no module'} returned "
                              f"{sorted(got)}{hint}")
     _passed("masked_layers", len(cases))

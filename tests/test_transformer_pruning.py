@@ -1,0 +1,343 @@
+import pytest
+import torch
+from torch import nn
+
+from deeplsp_helpers import criteria, masks, models, serialization
+from deeplsp_helpers import transformer_pruning as tpr
+
+
+def _correlated_layer(seed: int, out: int = 16, inp: int = 32, tokens: int = 256):
+    """A weight and inputs whose features are correlated and of uneven scale (as activations are)."""
+    g = torch.Generator().manual_seed(seed)
+    X = (torch.randn(tokens, inp, generator=g) @ torch.randn(inp, inp, generator=g)) * 3 * torch.rand(inp, generator=g)
+    return torch.randn(out, inp, generator=g), X  # W [out, in], X [tokens, in]
+
+
+def _tiny_vit(**kw):
+    torch.manual_seed(0)
+    cfg = dict(dim=16, depth=2, num_heads=4, mlp_hidden=8) | kw
+    model = models.ViT(**cfg).eval()
+    with torch.no_grad():  # larger weights than the DeiT init, so that every head and neuron matters
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model
+
+
+# --- calibration statistics --------------------------------------------------------------------------------------
+
+class TwoLinears(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(3, 4)
+        self.fc2 = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_activation_norms_and_hessian_cover_every_token_of_every_batch():
+    model = TwoLinears()
+    b1, b2 = torch.randn(2, 5, 3), torch.randn(3, 5, 3)  # [N, T, in]: two batches of 5-token sequences
+    layers = {"fc1": model.fc1, "fc2": model.fc2}
+    norms = tpr.activation_norms(model, layers, [b1, (b2, torch.zeros(3))])  # a tensor or an (X, y) pair
+    hess = tpr.input_hessian(model, layers, [b1, b2])
+    X1 = torch.cat([b1, b2]).reshape(-1, 3)  # all 25 tokens: [25, 3]
+    with torch.no_grad():
+        X2 = torch.relu(model.fc1(X1))
+    torch.testing.assert_close(norms["fc1"], X1.norm(dim=0))
+    torch.testing.assert_close(norms["fc2"], X2.norm(dim=0))
+    torch.testing.assert_close(hess["fc1"], X1.T @ X1)
+    torch.testing.assert_close(norms["fc2"], hess["fc2"].diagonal().sqrt())
+    assert not model.fc1._forward_hooks and model.training  # hooks removed, mode restored
+    assert set(tpr.block_linears(model)) == {"fc1", "fc2"}  # a model that is itself an MLP (named "")
+    torch.testing.assert_close(tpr.activation_norms(model, None, [b1, b2])["fc1"], norms["fc1"])
+
+
+def test_calibration_defaults_to_the_attention_and_mlp_layers_of_a_vit():
+    model = _tiny_vit()
+    names = set(tpr.block_linears(model))
+    assert names == {f"blocks.{b}.{s}" for b in range(2)
+                     for s in ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "mlp.fc1", "mlp.fc2")}
+    norms = tpr.activation_norms(model, None, [torch.randn(2, 1, 28, 28)])
+    assert set(norms) == names and norms["blocks.0.mlp.fc2"].shape == (8,) and (norms["blocks.1.attn.q_proj"] > 0).all()
+
+
+def test_calibration_rejects_bad_input():
+    model = TwoLinears()
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="empty"):
+        tpr.activation_norms(model, None, [])
+    with pytest.raises(TypeError, match="iterable"):
+        tpr.activation_norms(model, None, x)  # a bare tensor would be iterated over its rows
+    with pytest.raises(ValueError, match="not a module of this model"):
+        tpr.input_hessian(model, {"other": nn.Linear(3, 4)}, [x])
+    with pytest.raises(TypeError, match="nn.Linear"):
+        tpr.input_hessian(model, {"relu": nn.ReLU()}, [x])
+    unused = TwoLinears()
+    unused.spare = nn.Linear(3, 3)
+    with pytest.raises(ValueError, match="saw no input"):
+        tpr.activation_norms(unused, {"spare": unused.spare}, [x])
+    with pytest.raises(ValueError, match="no attention"):
+        tpr.block_linears(nn.Sequential(nn.Conv2d(1, 2, 3)))
+
+
+# --- Wanda and masks ---------------------------------------------------------------------------------------------
+
+def test_wanda_scores_scale_columns_by_their_input_norm():
+    W = torch.tensor([[1.0, -0.5, 1.2], [-2.0, 0.4, 0.1]])
+    norms = torch.tensor([1.0, 10.0, 1.0])  # input feature 1 is large
+    scores = tpr.wanda_scores(W, norms)
+    torch.testing.assert_close(scores, torch.tensor([[1.0, 5.0, 1.2], [2.0, 4.0, 0.1]]))
+    wanda, magnitude = tpr.row_mask(scores, 1 / 3), tpr.row_mask(W.abs(), 1 / 3)
+    assert wanda[:, 1].tolist() == [1.0, 1.0]  # the column with the large input keeps its weights
+    assert magnitude.tolist() == [[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]  # magnitude drops the small w in front of it
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.77, 1.0])
+def test_row_mask_removes_the_same_number_in_every_row_and_the_lowest(sparsity):
+    scores = torch.rand(5, 10)
+    mask = tpr.row_mask(scores, sparsity)
+    assert ((mask == 0).sum(1) == round(sparsity * 10)).all()
+    for s, m in zip(scores, mask):
+        if 0 < sparsity < 1:
+            assert s[m == 0].max() <= s[m == 1].min()
+
+
+def test_row_mask_breaks_ties_by_position_and_hits_the_count():
+    assert tpr.row_mask(torch.zeros(3, 8), 0.5).tolist() == [[0.0] * 4 + [1.0] * 4] * 3
+
+
+@pytest.mark.parametrize("n, m", [(2, 4), (4, 8)])
+def test_nm_masks_along_the_input_dimension(n, m):
+    scores = torch.rand(6, 24)
+    mask = tpr.mask_from_scores(scores, (n, m))
+    assert (mask.reshape(6, -1, m).sum(2) == n).all()  # n kept in every group of m consecutive inputs of a row
+    assert torch.equal(mask, masks.nm_mask(scores, n, m, dim=1))  # the package's one N:M implementation
+    assert torch.equal(tpr.mask_from_scores(scores, 0.5), tpr.row_mask(scores, 0.5))
+
+
+@pytest.mark.parametrize("pattern", [-0.1, 1.5, float("nan"), "0.5", None, True, (4, 2), (2,), (0, 4), (2.0, 4)])
+def test_bad_patterns_are_rejected(pattern):
+    with pytest.raises(ValueError):
+        tpr.mask_from_scores(torch.rand(2, 8), pattern)
+
+
+def test_scores_and_weights_are_validated():
+    with pytest.raises(ValueError, match="non-negative"):
+        tpr.mask_from_scores(torch.randn(4, 8), 0.5)  # a signed weight is not a score
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        tpr.wanda_scores(torch.randn(2, 3), torch.ones(2))  # one norm per input column, not per output row
+    with pytest.raises(ValueError, match="non-negative"):
+        tpr.wanda_scores(torch.randn(2, 3), -torch.ones(3))
+    with pytest.raises(ValueError, match="2-D"):
+        tpr.wanda_scores(torch.randn(2, 3, 1), torch.ones(3))
+    with pytest.raises(TypeError):
+        tpr.row_mask(torch.arange(6).reshape(2, 3), 0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        tpr.row_mask(torch.tensor([[float("nan"), 1.0]]), 0.5)
+
+
+# --- SparseGPT ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("pattern", [0.5, (2, 4), (4, 8)])
+def test_sparsegpt_reconstructs_better_than_magnitude_on_correlated_inputs(seed, pattern):
+    W, X = _correlated_layer(seed)
+    H = X.T @ X
+    new, mask = tpr.sparsegpt_prune(W, H, pattern, blocksize=16)
+    if isinstance(pattern, tuple):
+        magnitude = [masks.nm_mask(W, *pattern)]
+        assert (mask.reshape(16, -1, pattern[1]).sum(2) == pattern[0]).all()
+    else:
+        magnitude = [masks.fine_grained_mask(W, pattern), tpr.row_mask(W.abs(), pattern)]
+        assert int((mask == 0).sum()) == round(pattern * W.numel())
+    assert torch.all(new[mask == 0] == 0)
+    error = tpr.reconstruction_error(W, new, H)
+    for m in magnitude:
+        assert error <= tpr.reconstruction_error(W, W * m, H)
+        # at the same mask, SparseGPT's weight update alone already helps
+        same_mask, _ = tpr.sparsegpt_prune(W, H, mask=m)
+        assert tpr.reconstruction_error(W, same_mask, H) <= tpr.reconstruction_error(W, W * m, H)
+
+
+@pytest.mark.parametrize("pattern", [0.5, 0.3, (2, 4)])
+def test_sparsegpt_with_uncorrelated_inputs_is_magnitude_pruning(pattern):
+    """H = I: no input predicts another, so no weight can make up for a removed one."""
+    W = torch.randn(6, 16)
+    new, mask = tpr.sparsegpt_prune(W, torch.eye(16), pattern, blocksize=16)
+    expected = masks.nm_mask(W, *pattern) if isinstance(pattern, tuple) else masks.fine_grained_mask(W, pattern)
+    assert torch.equal(mask, expected)
+    torch.testing.assert_close(new, W * expected, rtol=0, atol=0)
+
+
+def test_sparsegpt_leaves_its_input_alone_and_keeps_the_dtype():
+    W, X = _correlated_layer(0)
+    before = W.clone()
+    new, mask = tpr.sparsegpt_prune(W, X.T @ X, 0.5)
+    assert torch.equal(W, before) and new.dtype == W.dtype == mask.dtype and new.shape == W.shape
+    nothing, keep_all = tpr.sparsegpt_prune(W, X.T @ X, 0.0)
+    torch.testing.assert_close(nothing, W, rtol=0, atol=0)
+    assert keep_all.all()
+
+
+def test_reconstruction_error_is_the_squared_output_difference():
+    W, X = _correlated_layer(1, tokens=64)
+    new, _ = tpr.sparsegpt_prune(W, X.T @ X, 0.5)
+    explicit = (W @ X.T - new @ X.T).double().pow(2).sum().item()
+    assert tpr.reconstruction_error(W, new, X.T @ X) == pytest.approx(explicit, rel=1e-4)
+
+
+def test_sparsegpt_prunes_inputs_the_calibration_never_saw_first():
+    W, X = _correlated_layer(2)
+    X[:, [3, 7]] = 0  # two input features that are always zero: their weights cost nothing to remove
+    W[:, [3, 7]] = 100.0  # however large they are
+    _, mask = tpr.sparsegpt_prune(W, X.T @ X, 0.25)
+    assert (mask[:, [3, 7]] == 0).all()
+
+
+def test_sparsegpt_rejects_bad_input():
+    W, X = _correlated_layer(0, out=4, inp=8)
+    H = X.T @ X
+    with pytest.raises(ValueError, match=r"\(8, 8\)"):
+        tpr.sparsegpt_prune(W, H[:6, :6], 0.5)
+    with pytest.raises(ValueError, match="symmetric"):
+        tpr.sparsegpt_prune(W, H + torch.triu(torch.ones(8, 8), 1), 0.5)
+    with pytest.raises(ValueError, match="exactly one"):
+        tpr.sparsegpt_prune(W, H)
+    with pytest.raises(ValueError, match="exactly one"):
+        tpr.sparsegpt_prune(W, H, 0.5, mask=torch.ones(4, 8))
+    with pytest.raises(ValueError, match="0 .* and 1"):
+        tpr.sparsegpt_prune(W, H, mask=torch.full((4, 8), 0.5))
+    with pytest.raises(ValueError, match="sparsity"):
+        tpr.sparsegpt_prune(W, H, 1.5)
+    with pytest.raises(ValueError, match="n <= m"):
+        tpr.sparsegpt_prune(W, H, (4, 2))
+    with pytest.raises(ValueError, match="multiple of m"):
+        tpr.sparsegpt_prune(W, H, (2, 4), blocksize=6)
+    with pytest.raises(ValueError, match="percdamp"):
+        tpr.sparsegpt_prune(W, H, 0.5, percdamp=-0.1)
+    with pytest.raises(ValueError, match="negative diagonal"):
+        tpr.sparsegpt_prune(W, -H, 0.5)
+    indefinite = torch.eye(8) + 2 * torch.ones(8, 8).triu(1) + 2 * torch.ones(8, 8).tril(-1)  # not an X X^T
+    with pytest.raises(ValueError, match="increase percdamp"):
+        tpr.sparsegpt_prune(W, indefinite, 0.5)
+    low_rank = X[:3].T @ X[:3]  # 3 tokens cannot span 8 input features: singular
+    new, _ = tpr.sparsegpt_prune(W, low_rank, 0.5)  # the default dampening makes it invertible
+    assert torch.isfinite(new).all()
+
+
+# --- structured: heads and MLP neurons ---------------------------------------------------------------------------
+
+def test_head_and_neuron_importance_sum_the_criterion_over_what_removal_deletes():
+    attn = models.SelfAttention(dim=4, num_heads=2)  # head_dim 2
+    mlp = models.MLP(dim=4, hidden=3)
+    model = nn.ModuleDict({"attn": attn, "mlp": mlp})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1.0)
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+            proj.weight[2:] = -2.0  # head 1's rows
+        attn.out_proj.weight[:, 2:] = 2.0  # head 1's columns
+        mlp.fc1.weight[1] = 3.0
+    heads = tpr.head_importance(model)
+    assert heads["attn"].tolist() == [32.0, 64.0]  # each head owns 3 x (2 x 4) + 4 x 2 = 32 weights
+    assert tpr.neuron_importance(model)["mlp"].tolist() == [8.0, 16.0, 8.0]  # 4 in fc1's row, 4 in fc2's column
+    l2 = tpr.head_importance(model, criteria.magnitude(model, p=2))  # any chapter-02 criterion
+    assert l2["attn"].tolist() == [32.0, 128.0]
+
+
+def test_importance_checks_its_scores():
+    model = _tiny_vit()
+    with pytest.raises(ValueError, match="no entry"):
+        tpr.head_importance(model, {})
+    bad = criteria.magnitude(model)
+    bad["blocks.0.mlp.fc1"] = torch.ones(3)
+    with pytest.raises(ValueError, match="shape"):
+        tpr.neuron_importance(model, bad)
+    with pytest.raises(ValueError, match="no attention"):
+        tpr.head_importance(TwoLinears())
+
+
+def test_removing_zeroed_heads_and_neurons_leaves_the_outputs_unchanged():
+    model = _tiny_vit()
+    X = torch.randn(5, 1, 28, 28)
+    b0, b1 = model.blocks[0], model.blocks[1]
+    with torch.no_grad():
+        b0.attn.out_proj.weight[:, 4:8] = 0      # head 1 of block 0: its output columns
+        b0.attn.out_proj.weight[:, 12:16] = 0    # head 3 of block 0
+        b1.attn.v_proj.weight[0:4] = 0           # head 0 of block 1: its values (weights and bias)
+        b1.attn.v_proj.bias[0:4] = 0
+        b0.mlp.fc2.weight[:, [0, 5]] = 0         # neurons 0 and 5 of block 0: their fc2 columns
+        b1.mlp.fc1.weight[2] = 0                 # neuron 2 of block 1: its fc1 row and bias (GELU(0) = 0)
+        b1.mlp.fc1.bias[2] = 0
+        before = model(X)
+    tpr.remove_heads(b0.attn, [1, 3])
+    tpr.remove_heads(b1, [0])                    # a block works too
+    tpr.remove_mlp_neurons(b0, [0, 5])
+    tpr.remove_mlp_neurons(b1.mlp, [2])
+    with torch.no_grad():
+        after = model(X)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    assert (b0.attn.num_heads, b1.attn.num_heads, b0.attn.head_dim) == (2, 3, 4)
+    assert b0.attn.q_proj.weight.shape == b0.attn.v_proj.weight.shape == (8, 16) and b0.attn.k_proj.bias.shape == (8,)
+    assert b0.attn.out_proj.weight.shape == (16, 8) and b0.attn.out_proj.bias.shape == (16,)  # residual width kept
+    assert b1.attn.out_proj.in_features == 12 and b1.attn.q_proj.out_features == 12
+    assert b0.mlp.fc1.weight.shape == (6, 16) and b0.mlp.fc1.bias.shape == (6,) and b0.mlp.fc2.weight.shape == (16, 6)
+    assert b1.mlp.fc2.in_features == 7 and b1.mlp.fc1.out_features == 7
+    model(X).sum().backward()  # still trainable
+    assert b0.attn.q_proj.weight.grad.shape == (8, 16)
+
+
+def test_removing_live_heads_or_neurons_changes_the_outputs():
+    model = _tiny_vit()
+    X = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        before = model(X)
+        tpr.remove_heads(model.blocks[0].attn, [2])
+        assert (model(X) - before).abs().max() > 1e-3
+        before = model(X)
+        tpr.remove_mlp_neurons(model.blocks[1], [1])
+        assert (model(X) - before).abs().max() > 1e-3
+
+
+def test_a_vit_with_removed_heads_and_neurons_saves_and_loads(tmp_path):
+    model = models.build_model("vit").eval()
+    tpr.remove_heads(model.blocks[0], [0, 2])
+    tpr.remove_mlp_neurons(model.blocks[3], list(range(0, 128, 2)))
+    path = serialization.save_pruned(model, "vit", tmp_path / "vit_pruned.pt")
+    again = serialization.load_pruned(path)
+    assert again.blocks[0].attn.num_heads == 2 and again.blocks[3].mlp.fc1.out_features == 64
+    X = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(again(X), model(X), rtol=0, atol=0)
+
+
+def test_head_and_neuron_removal_reject_bad_indices():
+    attn = models.SelfAttention(dim=8, num_heads=4)
+    with pytest.raises(ValueError, match=r"head index 4 is out of range: there are 4 heads \(0..3\)"):
+        tpr.remove_heads(attn, [4])
+    with pytest.raises(ValueError, match="out of range"):
+        tpr.remove_heads(attn, [-1])
+    with pytest.raises(ValueError, match="cannot remove all 4 heads"):
+        tpr.remove_heads(attn, [0, 1, 2, 3])
+    with pytest.raises(ValueError, match="twice"):
+        tpr.remove_heads(attn, [1, 1])
+    with pytest.raises(TypeError):
+        tpr.remove_heads(attn, [True])
+    with pytest.raises(TypeError):
+        tpr.remove_heads(attn, torch.tensor([0.0]))
+    with pytest.raises(TypeError):
+        tpr.remove_heads(attn, 1)
+    with pytest.raises(TypeError, match="q_proj"):
+        tpr.remove_heads(models.MLP(8, 4), [0])
+    assert attn.num_heads == 4  # nothing was changed by the refused calls
+    tpr.remove_heads(attn, torch.tensor([3]))
+    assert attn.num_heads == 3
+    mlp = models.MLP(dim=8, hidden=4)
+    with pytest.raises(ValueError, match="cannot remove all 4 neurons"):
+        tpr.remove_mlp_neurons(mlp, range(4))
+    with pytest.raises(ValueError, match="out of range"):
+        tpr.remove_mlp_neurons(mlp, [7])
+    with pytest.raises(TypeError, match="fc1"):
+        tpr.remove_mlp_neurons(attn, [0])
+    assert tpr.remove_mlp_neurons(mlp, []) is mlp and mlp.fc1.out_features == 4
