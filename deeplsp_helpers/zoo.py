@@ -10,11 +10,11 @@ CLI::
     python -m deeplsp_helpers.zoo verify          # check every file against its sha256
     python -m deeplsp_helpers.zoo train NAME|all  # retrain with the recorded recipe and seed
 
-Besides the four dense models, two *pruned* reference models are made from the dense VGG by the recipes of
+Besides the dense models, three *pruned* reference models are made from dense ones by the recipes of
 chapters 05 and 06 (``PRUNED_RECIPES``): ``vgg_structured`` (half of the channels removed with Torch-Pruning,
-fine-tuned) and ``vgg_deeplsp`` (the DeepLSP pipeline at a requested 1.5x). They are saved with
+fine-tuned), ``vgg_deeplsp`` and ``resnet_deeplsp`` (the DeepLSP pipeline at a requested 1.5x). They are saved with
 :func:`deeplsp_helpers.serialization.save_pruned` (their shapes differ from a fresh model's) and load the same
-way, with ``weights_only=True``; later chapters (deployment) start from them instead of pruning again.
+way, with ``weights_only=True``; chapters that need them load them instead of pruning and fine-tuning again.
 
 Retraining runs the same recipe with the same seed; on the same machine and thread count it
 gives the same weights, elsewhere the same recipe to within floating-point differences.
@@ -68,6 +68,10 @@ PRUNED_RECIPES = {
     "vgg_deeplsp": dict(base="vgg", chapter="06", target_speedup=1.5, cost="none", latency_repeats=50,
                         nonzero_factor=10.5, calibration_images=512, finetune_epochs=2, finetune_samples=15_000,
                         lr=0.05, batch_size=128, distill=True),
+    # chapter 06's recipe on ResNet, at the same request (chapter 06 loads it rather than rebuilding it)
+    "resnet_deeplsp": dict(base="resnet", chapter="06", target_speedup=1.5, cost="none", latency_repeats=50,
+                           nonzero_factor=10.5, calibration_images=512, finetune_epochs=2, finetune_samples=15_000,
+                           lr=0.05, batch_size=128, distill=True),
 }
 ZOO_NAMES = MODEL_NAMES + tuple(PRUNED_RECIPES)
 
@@ -116,8 +120,8 @@ def load_pretrained(name: str, *, retrain: bool = False, directory: str | os.Pat
     """A trained reference model in eval mode.
 
     Args:
-        name: one of ``lenet``, ``vgg``, ``resnet``, ``mobilenet``, or a pruned VGG: ``vgg_structured``,
-            ``vgg_deeplsp`` (see ``PRUNED_RECIPES``).
+        name: one of ``lenet``, ``vgg``, ``resnet``, ``mobilenet``, ``vit``, or a pruned model:
+            ``vgg_structured``, ``vgg_deeplsp``, ``resnet_deeplsp`` (see ``PRUNED_RECIPES``).
         retrain: if the checkpoint is missing or fails its checksum, retrain it (minutes on a CPU)
             instead of raising.
         directory: where the checkpoints and manifest live (default: the package's own).

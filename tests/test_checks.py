@@ -569,6 +569,11 @@ def _wanda_row_norms(weight, input_norms, sparsity):  # input_norms[j] applied t
     return torch.ones_like(weight).scatter_(1, scores.argsort(dim=1)[:, :k], 0.0)
 
 
+def _wanda_floor(weight, input_norms, sparsity):  # int() instead of round()
+    scores = weight.abs() * input_norms
+    return torch.ones_like(weight).scatter_(1, scores.argsort(dim=1)[:, :int(sparsity * weight.shape[1])], 0.0)
+
+
 def _wanda_global(weight, input_norms, sparsity):  # one threshold over the whole layer
     flat = (weight.abs() * input_norms).flatten()
     mask = torch.ones_like(flat)
@@ -783,6 +788,7 @@ WRONG_TOLD = {  # (wrong answer, what the message must say)
         (_wanda_row_norms, "RuntimeError|column j"),
         (_wanda_global, "within each output row"),
         (lambda w, norms, s: w.abs() * norms, "only 0 and 1"),
+        (_wanda_floor, "rounds .* down"),
     ],
     "nm_mask_rows": [
         (lambda scores, n, m: nm_mask_rows(-scores, n, m), "not the lowest"),

@@ -24,7 +24,7 @@ def check_wanda_mask(wanda_mask):
     _callable(wanda_mask, "wanda_mask")
     gen = torch.Generator().manual_seed(0)
     cases = []
-    for (rows, cols), sparsity in (((4, 8), 0.5), ((6, 6), 0.5), ((3, 10), 0.3)):
+    for (rows, cols), sparsity in (((4, 8), 0.5), ((6, 6), 0.5), ((3, 10), 0.3), ((3, 6), 0.25), ((2, 5), 0.0)):
         w = torch.randn(rows, cols, generator=gen)
         norms = torch.rand(cols, generator=gen) * 0.5 + 0.1
         norms[1] = 20.0                               # one input feature with a large norm ...
@@ -53,6 +53,8 @@ def check_wanda_mask(wanda_mask):
         glob = torch.ones_like(flat)
         glob[flat.argsort()[:k * w.shape[0]]] = 0
         variants.append((glob.view_as(w), "compare within each output row: remove the same number from every row"))
+        variants.append((_per_row_lowest(w.abs() * norms, int(sparsity * w.shape[1])),
+                         f"remove round(sparsity · in) = {k} per row (int() rounds {sparsity * w.shape[1]:g} down)"))
         why = next((message for mask, message in variants if torch.equal(got, mask)),
                    f"remove the {k} lowest |W_ij| · input_norms[j] of every row")
         raise CheckFailed(f"wanda_mask on a {tuple(w.shape)} weight at sparsity {sparsity}: wrong mask: {why}")
