@@ -590,9 +590,8 @@ def _nm_with_package(scores, n, m):
     return masks.nm_mask(scores, n, m, dim=1)
 
 
-def remove_head(attn, h):
-    d = attn.head_dim
-    keep = torch.tensor([i for i in range(attn.num_heads * d) if i // d != h])
+def _keep_head_features(attn, keep):
+    """Keep only the features ``keep`` of q/k/v (rows) and out_proj (columns), as new Linear layers."""
     for name in ("q_proj", "k_proj", "v_proj"):
         old = getattr(attn, name)
         new = nn.Linear(old.in_features, len(keep))
@@ -603,6 +602,11 @@ def remove_head(attn, h):
     new.weight.data, new.bias.data = old.weight.data[:, keep].clone(), old.bias.data.clone()
     attn.out_proj = new
     return attn
+
+
+def remove_head(attn, h):
+    d = attn.head_dim
+    return _keep_head_features(attn, torch.tensor([i for i in range(attn.num_heads * d) if i // d != h]))
 
 
 def _remove_head_with_package(attn, h):
@@ -613,17 +617,7 @@ def _remove_head_with_package(attn, h):
 
 def _remove_head_rows(attn, h):  # removes rows h .. h + d - 1 instead of the head's block h·d ..
     d = attn.head_dim
-    keep = torch.tensor([i for i in range(attn.num_heads * d) if not h <= i < h + d])
-    for name in ("q_proj", "k_proj", "v_proj"):
-        old = getattr(attn, name)
-        new = nn.Linear(old.in_features, len(keep))
-        new.weight.data, new.bias.data = old.weight.data[keep].clone(), old.bias.data[keep].clone()
-        setattr(attn, name, new)
-    old = attn.out_proj
-    new = nn.Linear(len(keep), old.out_features)
-    new.weight.data, new.bias.data = old.weight.data[:, keep].clone(), old.bias.data.clone()
-    attn.out_proj = new
-    return attn
+    return _keep_head_features(attn, torch.tensor([i for i in range(attn.num_heads * d) if not h <= i < h + d]))
 
 
 def _remove_head_keep_out_proj(attn, h):

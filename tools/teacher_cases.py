@@ -34,23 +34,10 @@ def teacher_sparse_storage_bits(sparse_storage_bits):
 
 
 def teacher_per_image_ms(per_image_ms):
-    import time
+    from deeplsp_helpers.checks._harness import _Busy  # a stand-in model that busy-waits a known time
 
-    import torch
-    from torch import nn
-
-    class Busy(nn.Module):  # a forward pass that takes 4 ms whatever the batch size
-        def __init__(self):
-            super().__init__()
-            self.dummy = nn.Parameter(torch.zeros(1))
-
-        def forward(self, x):
-            end = time.perf_counter() + 0.004
-            while time.perf_counter() < end:
-                pass
-            return x
-
-    got = per_image_ms(Busy(), (8, 2))
+    busy = _Busy(0.004)  # a forward pass that takes 4 ms whatever the batch size
+    got = per_image_ms(busy, (8, 2))
     assert isinstance(got, dict) and set(got) == {8, 2}, f"per_image_ms(model, (8, 2)) should map 8 and 2 to ms, got {got!r}"
     for bs in (8, 2):
         want = 4.0 / bs
@@ -399,26 +386,12 @@ def teacher_keep_inputs(keep_inputs):
 
 
 def teacher_speedup_at(speedup_at):
-    import time
-
     import torch
-    from torch import nn
 
+    from deeplsp_helpers.checks._harness import _Busy  # a stand-in model that busy-waits a known time
     from deeplsp_helpers.latency import Speedup
 
-    class Busy(nn.Module):
-        def __init__(self, seconds):
-            super().__init__()
-            self.seconds = seconds
-            self.dummy = nn.Parameter(torch.zeros(1))
-
-        def forward(self, x):
-            end = time.perf_counter() + self.seconds
-            while time.perf_counter() < end:
-                pass
-            return x
-
-    got = speedup_at(Busy(0.003), Busy(0.001), torch.zeros(3, 2))
+    got = speedup_at(_Busy(0.003), _Busy(0.001), torch.zeros(3, 2))
     assert isinstance(got, Speedup), f"a latency.Speedup, got {type(got).__name__}"
     assert abs(got.median - 3.0) < 0.75, f"a 3 ms model against a 1 ms one is about 3x, got {got.median:.2f}x"
     print("teacher-only cases of speedup_at: 1 passed")
@@ -451,24 +424,11 @@ def teacher_global_sparsity(global_sparsity):
 
 
 def teacher_speedup(speedup):
-    import time
-
     import torch
-    from torch import nn
 
-    class Busy(nn.Module):
-        def __init__(self, seconds):
-            super().__init__()
-            self.seconds = seconds
-            self.dummy = nn.Parameter(torch.zeros(1))
+    from deeplsp_helpers.checks._harness import _Busy  # a stand-in model that busy-waits a known time
 
-        def forward(self, x):
-            end = time.perf_counter() + self.seconds
-            while time.perf_counter() < end:
-                pass
-            return x
-
-    got = speedup(Busy(0.002), Busy(0.004), torch.zeros(2, 3))
+    got = speedup(_Busy(0.002), _Busy(0.004), torch.zeros(2, 3))
     assert abs(float(got) - 0.5) < 0.125, f"a candidate twice as slow as the baseline is 0.5x, got {got}"
     print("teacher-only cases of speedup: 1 passed")
 

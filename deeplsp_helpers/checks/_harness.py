@@ -67,6 +67,17 @@ class _Busy(nn.Module):
         return x
 
 
+class _Gain(nn.Module):
+    """A module whose parameter is called neither weight nor bias: ``gain``, ``n`` values from ``low`` to ``high``."""
+
+    def __init__(self, n, low=-1.0, high=1.0):
+        super().__init__()
+        self.gain = nn.Parameter(torch.linspace(low, high, n))
+
+    def forward(self, x):
+        return x * self.gain
+
+
 def _tiny_mlp(seed=0, sizes=(12, 7, 3)):
     torch.manual_seed(seed)
     return nn.Sequential(OrderedDict(hidden=nn.Linear(sizes[0], sizes[1]), act=nn.ReLU(),

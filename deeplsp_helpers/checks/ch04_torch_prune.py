@@ -18,6 +18,7 @@ from ._harness import (
     _cause,
     _expect,
     _explain,
+    _Gain,
     _mask_problem,
     _own_rng,
     _passed,
@@ -172,21 +173,10 @@ def check_threshold_pruning(method):
     _passed("ThresholdPruning", 5)
 
 
-class _Scale(nn.Module):
-    """A module whose parameter is called neither weight nor bias."""
-
-    def __init__(self, n):
-        super().__init__()
-        self.gain = nn.Parameter(torch.linspace(-1.0, 1.5, n))
-
-    def forward(self, x):
-        return x * self.gain
-
-
 def _strip_model():
     return nn.Sequential(OrderedDict(
         conv=nn.Conv2d(1, 4, 3), bn=nn.BatchNorm2d(4), flat=nn.Flatten(),
-        head=nn.Sequential(OrderedDict(fc=nn.Linear(64, 6), scale=_Scale(6), out=nn.Linear(6, 5)))))
+        head=nn.Sequential(OrderedDict(fc=nn.Linear(64, 6), scale=_Gain(6, high=1.5), out=nn.Linear(6, 5)))))
 
 
 @_own_rng

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ._harness import CheckFailed, _call, _callable, _expect, _own_rng, _passed
+from ._harness import CheckFailed, _call, _callable, _expect, _Gain, _own_rng, _passed
 
 
 def _session(model, x, input_name):
@@ -81,17 +81,6 @@ def check_ort_predict(ort_predict):
             raise CheckFailed(f"ort_predict on a batch of {len(X)}: {why}")
         _expect(labels == want, f"ort_predict on a batch of {len(X)} ({X.dtype}) should give {want}, got {labels}")
     _passed("ort_predict", len(cases))
-
-
-class _Gain(nn.Module):
-    """A module whose parameter is called neither weight nor bias."""
-
-    def __init__(self, n):
-        super().__init__()
-        self.gain = nn.Parameter(torch.linspace(-1.0, 1.0, n))
-
-    def forward(self, x):
-        return x * self.gain
 
 
 def _masked_model():
