@@ -9,7 +9,7 @@ The path from a PyTorch model to a file a user ships:
    what :func:`deeplsp_helpers.latency.compare_speedups` needs to time it against PyTorch in one run.
 3. :func:`max_abs_difference` and :func:`ort_accuracy` check that the file computes what the model did.
 4. :func:`quantize_int8` writes an int8 copy (ONNX Runtime's static quantization, calibrated on a few
-   training batches).
+   training batches; 7-bit weights by default, so that CPUs without VNNI give the same answers).
 5. :func:`file_size` and :func:`zipped_size` say what the file costs on disk and to ship: zeros left by
    unstructured pruning are stored densely in an ONNX file, and only compression makes them cheap.
 """
@@ -39,7 +39,7 @@ from onnxruntime.quantization import (
 from torch import nn
 from torch.nn.utils import prune
 
-from ._validate import check_batch, check_ints, check_module
+from ._validate import check_batch, check_ints, check_labels, check_module
 from .files import atomic_write
 
 __all__ = ["export_onnx", "ort_session", "OrtModel", "max_abs_difference", "ort_accuracy", "quantize_int8",
@@ -79,7 +79,8 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.P
                 dynamic_batch: bool = True, opset: int = DEFAULT_OPSET) -> Path:
     """Write ``model`` (in eval mode) as an ONNX file at ``path``, atomically; returns the path.
 
-    Uses PyTorch's TorchScript-based exporter (``dynamo=False``, which needs no ``onnxscript``); it traces
+    Uses PyTorch's TorchScript-based exporter (``dynamo=False``; deprecated by PyTorch, which now defaults to its
+    ``torch.export``-based exporter, also installed here with ``onnxscript``: chapter 07 shows both); it traces
     ``model(example_inputs)``, so the graph holds the operations of that one call (no Python control flow),
     and folds constants; with constant folding (on here) and the model in eval mode it also folds each
     BatchNorm into the convolution before it. Its deprecation warning is
@@ -200,7 +201,9 @@ def ort_accuracy(session, loader: Iterable) -> float:
     correct = total = 0
     for batch in loader:
         X, y = batch[0], batch[1]
-        correct += int((ort_model(X).argmax(1) == y.cpu()).sum())
+        out = ort_model(X)
+        check_labels(y, out, "the loader's labels y")
+        correct += int((out.argmax(1) == y.cpu()).sum())
         total += len(y)
     if total == 0:
         raise ValueError("loader yielded no samples")
@@ -212,17 +215,19 @@ def _calibration_arrays(batches: Sequence) -> list[np.ndarray]:
         raise TypeError("calibration_batches must be a non-empty list of input batches or (X, y) pairs, "
                         "e.g. deeplsp_helpers.data.calibration_batches(splits.train, 4, 128)")
     arrays = []
-    for b in batches:
+    for i, b in enumerate(batches):
         X = b[0] if isinstance(b, (list, tuple)) else b
         check_batch(X, "each calibration batch")
         arrays.append(np.ascontiguousarray(X.detach().to("cpu", torch.float32).numpy()))
+        if not np.isfinite(arrays[-1]).all():  # ONNX Runtime's calibration would fail with "AssertionError: scale issue"
+            raise ValueError(f"calibration batch {i} holds NaN or infinite values; calibrate on real input images")
     if len({a.shape[1:] for a in arrays}) != 1:
         raise ValueError(f"calibration batches differ in shape beyond the batch size: {sorted({a.shape for a in arrays})}")
     return arrays
 
 
 def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, calibration_batches: Sequence, *,
-                  per_channel: bool = True) -> Path:
+                  per_channel: bool = True, reduce_range: bool = True) -> Path:
     """Write an int8 copy of the float ONNX file ``onnx_path`` at ``out_path`` (atomically); returns ``out_path``.
 
     ONNX Runtime's static quantization: the model is first pre-processed as ONNX Runtime recommends (shape
@@ -232,16 +237,28 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     format written here, weights are stored as int8 (symmetric: zero point 0, scale from each output channel's
     largest |w| with ``per_channel``) behind a DequantizeLinear, biases as int32, and activations pass through
     QuantizeLinear / DequantizeLinear pairs with the calibrated scales; ONNX Runtime replaces these patterns by
-    integer kernels where it has them (an operator without one runs in float). Activations are int8 too (S8S8);
-    ONNX Runtime's documentation suggests uint8 activations (U8S8) on some x86 CPUs. A weight that is zero
-    stays exactly zero.
+    integer kernels where it has them (an operator without one runs in float). Activations are int8 too (S8S8).
+    A weight that is zero stays exactly zero.
+
+    ``reduce_range`` (the default) stores the weights in 7 bits (-64..63) instead of 8. On an x86 CPU without
+    VNNI (:func:`deeplsp_helpers.cpu.has_vnni`), ONNX Runtime's integer kernels add each pair of uint8 x int8
+    products into an int16, which saturates when both products are large (255 x 127 x 2 > 32,767); the same
+    8-bit file then loses points of accuracy there and none on a CPU with VNNI. With 7-bit weights every pair
+    fits (255 x 64 x 2 < 32,768), so one file gives the same answers on both kinds of CPU, for a slightly
+    coarser weight grid. Pass ``reduce_range=False`` for full 8-bit weights on a CPU known to have VNNI.
     """
     onnx_path = _existing_file(onnx_path, "onnx_path")
     out_path = _check_path(out_path, "out_path")
-    if not isinstance(per_channel, bool):
-        raise TypeError(f"per_channel must be True or False, got {per_channel!r}")
+    for name, flag in (("per_channel", per_channel), ("reduce_range", reduce_range)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
     arrays = _calibration_arrays(calibration_batches)
-    graph_inputs = onnx.load(str(onnx_path), load_external_data=False).graph.input
+    try:
+        graph_inputs = onnx.load(str(onnx_path), load_external_data=False).graph.input
+    except Exception as err:  # protobuf's DecodeError, a truncated file, ...
+        raise ValueError(f"onnx_path {onnx_path} is not a readable ONNX model (corrupt or truncated: "
+                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'}); export it "
+                         "again with export_onnx") from None
     if len(graph_inputs) != 1:
         raise ValueError(f"quantize_int8 needs a model with one input, {onnx_path} has {len(graph_inputs)}")
     input_name = graph_inputs[0].name
@@ -263,7 +280,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(onnx_path), str(prepared))
         quantize_static(prepared, quantized, Batches(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
                         extra_options={"WeightSymmetric": True})  # zero point 0: a zero weight stays exactly 0
         data = quantized.read_bytes()
     return atomic_write(out_path, lambda f: f.write(data))

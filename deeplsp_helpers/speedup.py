@@ -27,7 +27,7 @@ from torch import nn
 from ._validate import PRUNABLE, check_fraction, check_ints
 from .latency_model import LatencyTable, _is_depthwise, layer_widths
 
-__all__ = ["prunable_dims", "plan_to_speedup", "prune_to_speedup", "COSTS"]
+__all__ = ["prunable_dims", "reachable_speedup", "plan_to_speedup", "prune_to_speedup", "COSTS"]
 
 COSTS = ("latency", "macs", "none")
 
@@ -81,16 +81,10 @@ def _check_request(target_speedup, cost, max_pruning_ratio) -> None:
     check_fraction(max_pruning_ratio, "max_pruning_ratio", low_open=True)
 
 
-def plan_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float, table: LatencyTable, *,
-                    cost: str = "latency", importance=None, round_to: int | None = None,
-                    max_pruning_ratio: float = 0.75, ignored_layers=None) -> dict:
-    """Which channels to remove so that ``table`` predicts ``target_speedup`` over ``model`` as it is passed in
-    (normally the dense model; for an already pruned model the speed-up is relative to that model).
-
-    Returns ``{"groups": [(group, idxs)], "widths": {layer: (in, out)}, "predicted_ms": …,
-    "dense_ms": …, "predicted_speedup": …}``; nothing is pruned yet (:func:`prune_to_speedup` does).
-    """
-    _check_request(target_speedup, cost, max_pruning_ratio)
+def _greedy_plan(model, example_inputs, target_speedup, table, cost, importance, round_to, max_pruning_ratio,
+                 ignored_layers):
+    """The greedy knapsack, run until ``table`` predicts ``target_speedup`` (``math.inf``: as far as it goes).
+    Returns the plan and whether it reached the target."""
     if not isinstance(table, LatencyTable):
         raise TypeError(f"table must be a LatencyTable, got {type(table).__name__}")
     table.check_model(model, batch_size=int(example_inputs.shape[0]))
@@ -147,14 +141,52 @@ def plan_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_speed
             if score < best_score:
                 best, best_score = (g, c, after), score
         if best is None:
-            raise ValueError(f"cannot reach a {target_speedup:g}x speed-up: the table predicts at most "
-                             f"{dense_ms / current:.2f}x with max_pruning_ratio={max_pruning_ratio}")
+            break
         g, c, widths = best
         g["k"] += c
         current = table.predict_widths(widths)
     chosen = [(g["group"], sorted(g["order"][:g["k"]].tolist())) for g in scored if g["k"] > 0]
-    return {"groups": chosen, "widths": {n: tuple(w) for n, w in widths.items()}, "predicted_ms": current,
+    plan = {"groups": chosen, "widths": {n: tuple(w) for n, w in widths.items()}, "predicted_ms": current,
             "dense_ms": dense_ms, "predicted_speedup": dense_ms / current}
+    return plan, current <= goal
+
+
+def reachable_speedup(model: nn.Module, example_inputs: torch.Tensor, table: LatencyTable, *,
+                      cost: str = "latency", importance=None, round_to: int | None = None,
+                      max_pruning_ratio: float = 0.75, ignored_layers=None) -> float:
+    """The largest speed-up over ``model`` that :func:`plan_to_speedup` can plan with ``table`` under the same
+    options: the greedy knapsack run until no group may lose more channels (``max_pruning_ratio``) or no cut
+    saves predicted time. It depends on the machine that measured ``table`` (a CPU with wider vector units
+    gains more from narrow layers), so ask for a fraction of it rather than a number written down elsewhere."""
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
+    check_fraction(max_pruning_ratio, "max_pruning_ratio", low_open=True)
+    plan, _ = _greedy_plan(model, example_inputs, math.inf, table, cost, importance, round_to, max_pruning_ratio,
+                           ignored_layers)
+    return plan["predicted_speedup"]
+
+
+def plan_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float, table: LatencyTable, *,
+                    cost: str = "latency", importance=None, round_to: int | None = None,
+                    max_pruning_ratio: float = 0.75, ignored_layers=None) -> dict:
+    """Which channels to remove so that ``table`` predicts ``target_speedup`` over ``model`` as it is passed in
+    (normally the dense model; for an already pruned model the speed-up is relative to that model).
+
+    Returns ``{"groups": [(group, idxs)], "widths": {layer: (in, out)}, "predicted_ms": …,
+    "dense_ms": …, "predicted_speedup": …}``; nothing is pruned yet (:func:`prune_to_speedup` does).
+
+    Raises:
+        ValueError: the table predicts that ``target_speedup`` cannot be reached under ``max_pruning_ratio``; the
+            message gives the reachable maximum (:func:`reachable_speedup`).
+    """
+    _check_request(target_speedup, cost, max_pruning_ratio)
+    plan, reached = _greedy_plan(model, example_inputs, target_speedup, table, cost, importance, round_to,
+                                 max_pruning_ratio, ignored_layers)
+    if not reached:
+        raise ValueError(f"cannot reach a {target_speedup:g}x speed-up: this machine's latency table predicts at "
+                         f"most {plan['predicted_speedup']:.2f}x with max_pruning_ratio={max_pruning_ratio} and "
+                         f"cost={cost!r}; ask for less (speedup.reachable_speedup gives the maximum)")
+    return plan
 
 
 def prune_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float,

@@ -173,3 +173,60 @@ def test_calibration_batches_must_fit_the_exported_input(tmp_path):
     with pytest.raises(ValueError, match="do not fit"):
         deploy.quantize_int8(path, tmp_path / "q.onnx", [torch.randn(2, 1, 32, 32)])
     assert deploy.file_size(deploy.quantize_int8(path, tmp_path / "q.onnx", [torch.randn(2, 1, 28, 28)])) > 0
+
+
+def _int8_weights(path):
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    dq_inputs = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    return [numpy_helper.to_array(t) for t in graph.initializer if t.name in dq_inputs and t.data_type == 3]  # int8
+
+
+def test_int8_weights_fit_the_int16_pair_sums_of_cpus_without_vnni_unless_asked_for_8_bits(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 26 * 26, 10)).eval()
+    fp32 = deploy.export_onnx(model, torch.randn(1, 1, 28, 28), tmp_path / "fp32.onnx")
+    calibration = [torch.randn(4, 1, 28, 28)]
+    seven = _int8_weights(deploy.quantize_int8(fp32, tmp_path / "7.onnx", calibration))
+    eight = _int8_weights(deploy.quantize_int8(fp32, tmp_path / "8.onnx", calibration, reduce_range=False))
+    assert len(seven) == len(eight) == 2
+    # a pair of uint8 x int8 products must fit in an int16: 2 * 255 * max|w| <= 32767
+    assert all(2 * 255 * int(abs(w.astype(int)).max()) <= 32767 for w in seven)
+    assert all(int(abs(w.astype(int)).max()) == 127 for w in eight)  # symmetric per channel: the largest is 127
+    with pytest.raises(TypeError, match="reduce_range"):
+        deploy.quantize_int8(fp32, tmp_path / "x.onnx", calibration, reduce_range="yes")
+
+
+def test_torchs_default_onnx_exporter_works_in_this_environment(tmp_path):
+    """torch.onnx.export with its defaults (the torch.export-based exporter, which needs onnxscript): a learner's
+    own call must work here, and its file must run in ONNX Runtime with the model's answers."""
+    model, x = tiny_convnet().eval(), torch.randn(2, 1, 28, 28)
+    torch.onnx.export(model, (x,), str(tmp_path / "default.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "default.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert torch.allclose(torch.from_numpy(got), model(x).detach(), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["[N, 1]", "one-hot", "shorter than the batch", "fractional", "out of range"])
+def test_ort_accuracy_refuses_labels_of_the_wrong_shape_or_kind(exported, kind):
+    _, path = exported
+    torch.manual_seed(0)
+    X, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    bad = {"[N, 1]": y[:, None], "one-hot": nn.functional.one_hot(y, 10), "shorter than the batch": y[:5],
+           "fractional": y.float() / 3, "out of range": y + 10}[kind]
+    with pytest.raises(ValueError, match="the loader's labels y must be"):
+        deploy.ort_accuracy(deploy.ort_session(path), [(X, bad)])
+
+
+def test_a_corrupt_onnx_file_and_nan_calibration_are_named(tmp_path, exported):
+    _, path = exported
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 3] + b"\xff\xff\xff")
+    calib = [torch.randn(4, 1, 28, 28)]
+    with pytest.raises(ValueError, match=r"onnx_path .*corrupt\.onnx is not a readable ONNX model"):
+        deploy.quantize_int8(corrupt, tmp_path / "q.onnx", calib)
+    nan = [torch.randn(4, 1, 28, 28), torch.full((4, 1, 28, 28), float("nan"))]
+    with pytest.raises(ValueError, match="calibration batch 1 holds NaN"):
+        deploy.quantize_int8(path, tmp_path / "q.onnx", nan)
+    assert not (tmp_path / "q.onnx").exists()

@@ -124,6 +124,8 @@ def test_results_and_readme_table_come_from_the_notebooks(tmp_path):
         slowest = editions.cell_times(nb)[0]
         assert f"cell {slowest[1]}: {slowest[0]:.0f} s" in text  # the slowest cell is named in RESULTS.md
     assert "old table" not in table and table.startswith("intro\n") and table.endswith("rest\n")
+    assert "float32 lanes" in editions.executed_on(ROOT)  # the CPU kind is recorded with the times
+    assert f"Executed on: {editions.executed_on(ROOT)}." in text and editions.executed_on(ROOT) in table
 
 
 def test_html_course_opens_from_disk(tmp_path):

@@ -114,6 +114,21 @@ def test_bad_requests(table):
         speedup.plan_to_speedup(_small_vgg(), X, 1.5, {"not": "a table"})
 
 
+def test_the_reachable_speedup_is_what_a_request_can_get_and_no_more(table):
+    for cost in speedup.COSTS:
+        top = speedup.reachable_speedup(_small_vgg(), X, table, cost=cost)
+        assert top > 1.8
+        plan = speedup.plan_to_speedup(_small_vgg(), X, 0.99 * top, table, cost=cost)
+        assert 0.99 * top <= plan["predicted_speedup"] <= top + 1e-9
+        with pytest.raises(ValueError, match=f"at most {top:.2f}x"):
+            speedup.plan_to_speedup(_small_vgg(), X, 1.01 * top, table, cost=cost)
+    # a lower floor on the widths leaves more to cut
+    assert speedup.reachable_speedup(_small_vgg(), X, table, max_pruning_ratio=0.5) < \
+        speedup.reachable_speedup(_small_vgg(), X, table, max_pruning_ratio=0.75)
+    with pytest.raises(ValueError, match="cost"):
+        speedup.reachable_speedup(_small_vgg(), X, table, cost="flops")
+
+
 def test_resnet_groups_couple_residual_channels():
     model = models.ResNet(widths=(16, 32, 32)).eval()
     t = _synthetic(LatencyTable.measure(model, X, round_to=8, grid_points=3, repeats=3))
@@ -174,3 +189,111 @@ def test_grouped_convolutions_are_refused_with_a_clear_error():
     model(x)
     with pytest.raises(ValueError, match="grouped convolutions"):
         LatencyTable.measure(model, x, repeats=3)
+
+
+# --- hardening (issue 26) ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("poison", ["nan", "negative", "residual nan", "ragged", "no ms"])
+def test_a_poisoned_table_is_refused_at_load_and_at_use(table, tmp_path, poison):
+    blob = json.loads(json.dumps(table.to_dict()))
+    first = next(iter(blob["layers"]))
+    if poison == "nan":
+        blob["layers"][first]["ms"][0][0] = float("nan")
+    elif poison == "negative":
+        blob["layers"][first]["ms"][-1][-1] = -0.5
+    elif poison == "residual nan":
+        blob["residual"][0][1] = float("nan")
+    elif poison == "ragged":
+        blob["layers"][first]["ms"][0].append(0.1)
+    else:
+        del blob["layers"][first]["ms"]
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(blob))  # json writes NaN as NaN, which json.loads reads back
+    with pytest.raises(ValueError, match=r"t\.json is not a latency table written by LatencyTable\.save: .*"):
+        LatencyTable.load(path)
+    loaded = LatencyTable.load(table.save(tmp_path / "ok.json"))
+    loaded.layers[first]["ms"] = [[float("nan")] * len(row) for row in loaded.layers[first]["ms"]]
+    with pytest.raises(ValueError, match="must be finite and positive"):  # changed after loading: refused at use
+        loaded.predict(_small_vgg())
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "table.json"
+    os.mkfifo(fifo)
+    result = []
+    t = threading.Thread(target=lambda: result.append(pytest.raises(ValueError, LatencyTable.load, fifo)), daemon=True)
+    t.start()
+    t.join(5)
+    if t.is_alive():  # the old behaviour: blocked on open(); release it before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(5)
+    assert result and "not a regular file" in str(result[0].value)
+
+
+def _pruned_lenet():
+    model = models.LeNet().eval()
+    with torch.no_grad():
+        model.fc1.weight[:, ::2] = 0
+    return model
+
+
+def test_save_pruned_refuses_an_arch_the_model_is_not_and_a_sparse_that_is_not_a_bool(tmp_path):
+    with pytest.raises(ValueError, match=r"the model does not fit arch 'vgg'"):
+        serialization.save_pruned(_pruned_lenet(), "vgg", tmp_path / "m.pt")
+    with pytest.raises(TypeError, match="sparse must be True or False, got 'no'"):
+        serialization.save_pruned(_pruned_lenet(), "lenet", tmp_path / "m.pt", sparse="no")
+    assert list(tmp_path.iterdir()) == []
+    path = serialization.save_pruned(_pruned_lenet(), "LeNet", tmp_path / "m.pt")  # any case, like build_model
+    assert isinstance(serialization.load_pruned(path), models.LeNet)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_truncated_or_flipped_pruned_file_is_named_with_its_fault(tmp_path, sparse):
+    model = _pruned_lenet()
+    path = serialization.save_pruned(model, "lenet", tmp_path / "m.pt", sparse=sparse)
+    raw = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=r"cut\.pt is not a readable save_pruned file: truncated or corrupt"):
+        serialization.load_pruned(tmp_path / "cut.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.pt is not a readable save_pruned file"):
+        serialization.load_pruned(tmp_path / "empty.pt")
+    if not sparse:  # one flipped byte inside a tensor's data
+        weights = model.fc1.weight.detach().numpy().tobytes()
+        at = raw.find(weights[4000:4064]) + 8
+        assert at > 8
+        (tmp_path / "byte.pt").write_bytes(raw[:at] + bytes([raw[at] ^ 0x40]) + raw[at + 1:])
+        with pytest.raises(ValueError, match=r"byte\.pt fails its checksum"):
+            serialization.load_pruned(tmp_path / "byte.pt")
+    blob = torch.load(path, weights_only=True)  # a changed weight that still unpickles: the checksum finds it
+    if sparse:
+        blob["sparse"]["fc1.weight"]["values"][3] += 1.0
+    else:
+        blob["state_dict"]["fc1.weight"][0, 1] += 1.0
+    torch.save(blob, tmp_path / "flipped.pt")
+    with pytest.raises(ValueError, match=r"flipped\.pt fails its checksum"):
+        serialization.load_pruned(tmp_path / "flipped.pt")
+
+
+def test_pruned_files_from_before_the_checksum_still_load(tmp_path):
+    model = _pruned_lenet()
+    torch.save({"arch": "lenet", "state_dict": model.state_dict()}, tmp_path / "old.pt")
+    assert torch.equal(serialization.load_pruned(tmp_path / "old.pt")(X), model(X))
+
+
+def test_killed_saves_leave_no_temporary_files_behind_for_long(tmp_path):
+    import os
+    import time
+
+    stale = [tmp_path / f".m.pt.{999999990 + i}.abcd.tmp" for i in range(3)]  # pids of processes that are gone
+    old_style = tmp_path / ".m.pt.x8k2j1.tmp"  # the naming before the pid was in it: removed after an hour
+    recent = tmp_path / ".m.pt.999999999.efgh.tmp"  # too young to tell from a slow write on another machine
+    for f in (*stale, old_style, recent):
+        f.write_bytes(b"x" * 100)
+    for f in (*stale, old_style):
+        os.utime(f, (time.time() - 7200, time.time() - 7200))
+    serialization.save_pruned(_pruned_lenet(), "lenet", tmp_path / "m.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.pt", recent.name])
