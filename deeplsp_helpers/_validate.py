@@ -44,3 +44,38 @@ def check_fraction(value, name: str, low: float = 0, high: float = 1, *, low_ope
     if not ((low < value if low_open else low <= value) and (value < high if high_open else value <= high)):
         raise ValueError(f"{name} must be in {interval}, got {value!r}")
     return float(value)
+
+
+def check_bool(value, name: str) -> bool:
+    """``value`` itself; ``TypeError`` unless it is ``True`` or ``False`` (a string such as ``"no"`` is refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_labels(y, outputs: torch.Tensor, name: str = "labels") -> None:
+    """``ValueError`` unless ``y`` holds one integer class index per row of ``outputs`` ([N, classes]): shape [N],
+    an integer dtype, values in 0..classes-1. (Labels shaped [N, 1] broadcast against [N] and one-hot labels never
+    equal an index: both give a wrong accuracy without an error.)"""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor of class indices [N], got {type(y).__name__}")
+    if outputs.ndim != 2:
+        raise ValueError(f"the model's outputs must be logits [N, classes] to compare with {name}, got shape "
+                         f"{tuple(outputs.shape)}")
+    n = outputs.shape[0]
+    if y.ndim != 1 or len(y) != n:
+        raise ValueError(f"{name} must be class indices of shape [N] = [{n}] (one per input), got shape "
+                         f"{tuple(y.shape)}; one-hot labels: pass y.argmax(1), [N, 1] labels: pass y.squeeze(1)")
+    if y.is_complex() or y.dtype == torch.bool or (y.is_floating_point() and not bool((y == y.round()).all())):
+        raise ValueError(f"{name} must be integer class indices (e.g. torch.int64), got dtype {y.dtype}"
+                         + (" with fractions" if y.is_floating_point() else ""))
+    classes = outputs.shape[1]
+    if n and (int(y.min()) < 0 or int(y.max()) >= classes):
+        raise ValueError(f"{name} must be class indices in 0..{classes - 1} (the model has {classes} outputs), got "
+                         f"values from {int(y.min())} to {int(y.max())}")
+
+
+def check_finite(t: torch.Tensor, name: str) -> None:
+    """``ValueError`` naming ``name`` if the tensor holds NaN or an infinity."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} holds NaN or infinite values; check the inputs or the model that produced them")

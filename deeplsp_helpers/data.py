@@ -13,6 +13,7 @@ package with apt when run as root).
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import shutil
 import subprocess
@@ -23,10 +24,11 @@ from typing import Iterator, NamedTuple
 import torch
 from torch.utils.data import Dataset
 
-from .files import atomic_write
+from ._validate import check_bool
+from .files import atomic_write, clean_stale
 
 __all__ = [
-    "CLASSES", "MEAN", "STD", "DataNotFoundError", "ImageTensorDataset", "FashionSplits", "Loaders",
+    "CLASSES", "MEAN", "STD", "DataNotFoundError", "DataCorruptError", "ImageTensorDataset", "FashionSplits", "Loaders",
     "BatchLoader", "calibration_batches", "find_data_root", "load_fashion_mnist", "make_loaders", "subset",
 ]
 
@@ -37,8 +39,40 @@ RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 SPLIT_SEED = 0  # fixes which 5,000 training images form the validation split
 
 
+# what each raw file must hold: its IDX magic number and shape (the course's splits assume exactly these)
+RAW_SHAPES = {"train-images-idx3-ubyte": (2051, (60000, 28, 28)), "train-labels-idx1-ubyte": (2049, (60000,)),
+              "t10k-images-idx3-ubyte": (2051, (10000, 28, 28)), "t10k-labels-idx1-ubyte": (2049, (10000,))}
+
+
 class DataNotFoundError(FileNotFoundError):
     """FashionMNIST is not on this machine and could not be fetched."""
+
+
+class DataCorruptError(ValueError):
+    """A FashionMNIST file is truncated, or is not the file its name says (e.g. the test labels under the training
+    labels' name), and no intact copy was found to extract again."""
+
+
+def _raw_problem(path: Path) -> str | None:
+    """What is wrong with the raw file at ``path`` (``None`` if it holds what its name says): header and size."""
+    magic, shape = RAW_SHAPES[path.name]
+    expected = 4 * (1 + len(shape)) + math.prod(shape)
+    try:
+        if not path.is_file():
+            return "is missing or not a regular file"
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            header = f.read(4 * (1 + len(shape)))
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if len(header) < 4 * (1 + len(shape)) or int.from_bytes(header[:4], "big") != magic:
+        return f"is not an IDX file of {len(shape)}-D uint8 data (wrong header)"
+    dims = tuple(int.from_bytes(header[4 * (i + 1):4 * (i + 2)], "big") for i in range(len(shape)))
+    if dims != shape:
+        return f"holds shape {dims}, expected {shape} (another file under this name?)"
+    if size != expected:
+        return f"has {size:,} bytes, expected {expected:,} (truncated or padded)"
+    return None
 
 
 def _repo_data_dir() -> Path:
@@ -63,23 +97,53 @@ def _missing_message(target: Path) -> str:
     )
 
 
-def _copy_from_debian(target: Path, debian_dir: Path) -> bool:
-    """Decompress the Debian package's files into ``target``; each file is written atomically."""
-    if not all((debian_dir / f"{f}.gz").is_file() or (debian_dir / f).is_file() for f in RAW_FILES):
-        return False
+def _copy_from_debian(target: Path, debian_dir: Path, replace: frozenset = frozenset()) -> bool:
+    """Decompress the files of ``debian_dir`` (``<name>.gz`` or ``<name>``) into ``target``, each atomically: the
+    missing ones, and those named in ``replace`` (found damaged). ``debian_dir`` may be the raw folder itself, whose
+    ``.gz`` files are then extracted beside them. False if a needed source is not there."""
     raw = _raw_dir(target)
-    raw.mkdir(parents=True, exist_ok=True)
-    for name in RAW_FILES:
-        if (raw / name).is_file():
-            continue
+    todo = [n for n in RAW_FILES if n in replace or not (raw / n).is_file()]
+    sources = {}
+    for name in todo:
         src_gz, src = debian_dir / f"{name}.gz", debian_dir / name
-
-        def copy(out, src_gz=src_gz, src=src):
-            with (gzip.open(src_gz, "rb") if src_gz.is_file() else open(src, "rb")) as inp:
+        if src_gz.is_file():
+            sources[name] = src_gz
+        elif src.is_file() and src.resolve() != (raw / name).resolve():
+            sources[name] = src
+        else:
+            return False
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, src in sources.items():
+        def copy(out, src=src):
+            with (gzip.open(src, "rb") if src.suffix == ".gz" else open(src, "rb")) as inp:
                 shutil.copyfileobj(inp, out)
 
-        atomic_write(raw / name, copy)
+        try:
+            atomic_write(raw / name, copy)
+        except (OSError, EOFError, gzip.BadGzipFile) as err:  # a truncated .gz: the file in place is left as it was
+            print(f"warning: could not extract {src}: {err}", file=sys.stderr)
+            return False
+        if name in replace:
+            print(f"warning: replaced the damaged {raw / name} by a fresh copy from {src}", file=sys.stderr)
     return True
+
+
+def _repair(target: Path) -> None:
+    """Check the four raw files; extract damaged ones again (from ``.gz`` files beside them or the Debian package)
+    and raise ``DataCorruptError`` naming each file and its fault if that is not possible."""
+    raw = _raw_dir(target)
+    for name in RAW_FILES:
+        clean_stale(raw, f".{name}.", ".tmp")  # what a killed extraction left behind
+    bad = {n: p for n in RAW_FILES if (p := _raw_problem(raw / n))}
+    if not bad:
+        return
+    for source in (raw, DEBIAN_DIR):
+        if _copy_from_debian(target, source, frozenset(bad)):
+            bad = {n: p for n in RAW_FILES if (p := _raw_problem(raw / n))}
+            if not bad:
+                return
+    raise DataCorruptError("; ".join(f"{raw / n} {p}" for n, p in bad.items()) +
+                           ". Delete the damaged file(s) and run: python -m deeplsp_helpers.data setup")
 
 
 DOWNLOAD_TIMEOUT_S = 20  # per network operation: a network that drops packets fails fast, not after minutes
@@ -113,6 +177,7 @@ def find_data_root(root: str | os.PathLike | None = None, *, download: bool = Tr
         FileNotFoundError: ``root`` (or ``$DEEPLSP_DATA``) names a folder that does not exist.
         DataNotFoundError: the data is nowhere and could not be fetched (the message lists the ways).
     """
+    check_bool(download, "download")
     if root is not None or os.environ.get("DEEPLSP_DATA"):
         source = "root" if root is not None else "DEEPLSP_DATA"
         target = Path(root if root is not None else os.environ["DEEPLSP_DATA"]).expanduser()
@@ -121,11 +186,15 @@ def find_data_root(root: str | os.PathLike | None = None, *, download: bool = Tr
     else:
         target = _repo_data_dir()
     if _has_raw(target):
+        _repair(target)
         return target
     target.mkdir(parents=True, exist_ok=True)
-    if _copy_from_debian(target, DEBIAN_DIR) and _has_raw(target):
-        return target
+    for source in (_raw_dir(target), DEBIAN_DIR):  # .gz files copied into the raw folder are extracted too
+        if _copy_from_debian(target, source) and _has_raw(target):
+            _repair(target)
+            return target
     if download and _download(target):
+        _repair(target)
         return target
     raise DataNotFoundError(_missing_message(target))
 
@@ -195,6 +264,11 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, val_size: int = 50
 
         train_raw = FashionMNIST(str(data_root), train=True, download=False)
         test_raw = FashionMNIST(str(data_root), train=False, download=False)
+        sizes = (len(train_raw.data), len(train_raw.targets), len(test_raw.data), len(test_raw.targets))
+        if sizes != (60000, 60000, 10000, 10000):  # _repair checked the files; this guards the reader too
+            raise DataCorruptError(f"FashionMNIST in {data_root} has {sizes[0]:,} training images, {sizes[1]:,} "
+                                   f"training labels, {sizes[2]:,} test images and {sizes[3]:,} test labels; expected "
+                                   "60,000, 60,000, 10,000 and 10,000")
         X_all, y_all = _normalise(train_raw.data), train_raw.targets.long()
         perm = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(SPLIT_SEED))
         val_idx, train_idx = perm[:val_size].sort().values, perm[val_size:].sort().values
@@ -248,6 +322,8 @@ class BatchLoader:
             raise TypeError("BatchLoader expects an ImageTensorDataset")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_bool(shuffle, "shuffle")  # shuffle="no" would shuffle
+        check_bool(drop_last, "drop_last")
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
         self.seed, self.drop_last, self._epoch = seed, drop_last, 0
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import uuid
 
 import torch
 
 from .deeplsp import apply_combined_pruning, format_report
+from .files import check_free_space, clean_stale
 from .serialization import load_pruned, save_pruned
 
 __all__ = ["build_parser", "main"]
@@ -40,7 +42,7 @@ def _cnn_name(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text} is a transformer; the DeepLSP pipeline prunes convolution channels (chapters 05-06). Prune a "
             "transformer's heads, MLP neurons or weights with deeplsp_helpers.transformer_pruning (chapter 08)")
-    return text
+    return text.lower()  # the names are lower case; LENET works as load_pretrained("LENET") does
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,9 +98,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--batch-size must be >= 1")
     if not (math.isfinite(args.lr) and args.lr > 0):
         parser.error("--lr must be a positive number")
+    if not args.out.strip() or args.out.endswith(("/", os.sep)) or Path(args.out).name in ("", ".", ".."):
+        parser.error(f"--out must name a file to write, got {args.out!r}")
+    if Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a folder; give a file name in it, e.g. {Path(args.out) / 'pruned.pt'}")
+    if Path(args.out).exists() and not Path(args.out).is_file():
+        parser.error(f"--out {args.out} exists and is not a regular file (a FIFO or device); give a file name")
     out_dir = Path(args.out).resolve().parent
     if not out_dir.is_dir() or not os.access(out_dir, os.W_OK):
         parser.error(f"cannot write --out {args.out}: {out_dir} is not a writable folder")
+    from .zoo import CHECKPOINT_DIR
+
+    dense = CHECKPOINT_DIR / f"{args.model}.pt"  # a pruned model is smaller than its dense checkpoint
+    try:
+        check_free_space(out_dir, dense.stat().st_size if dense.is_file() else 0, f"--out {args.out}")
+    except OSError as err:
+        parser.error(str(err.strerror))
     structured = 0.5 if args.structured is None and args.target_speedup is None else args.structured
 
     from . import data, seed_everything, train, zoo
@@ -129,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_report(rows))
     out = Path(args.out)
-    partial = out.with_name(f".{out.name}.partial")  # checked before it takes the requested name
+    # checked before it takes the requested name; unique, so that two runs writing the same --out never share it
+    # (and one a killed run left behind is removed by the next run)
+    clean_stale(out.parent, f".{out.name}.", ".partial")
+    partial = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
     try:
         save_pruned(pruned, args.model, partial, sparse=args.sparse)
         again = load_pruned(partial)
@@ -139,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             print("error: the saved model does not reproduce the pruned model's outputs", file=sys.stderr)
             return 2
         os.replace(partial, out)
+    except OSError as err:  # a full disk, a folder removed meanwhile: one line, not a traceback
+        print(f"error: cannot write --out {out}: {err.strerror or err}", file=sys.stderr)
+        return 2
     finally:
         partial.unlink(missing_ok=True)
     print(f"saved to {out} ({out.stat().st_size / 1024:.0f} KiB; reloads with "

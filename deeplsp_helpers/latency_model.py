@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ._validate import PRUNABLE, check_batch, check_ints, check_module
-from .files import atomic_write
+from .files import atomic_write, regular_file
 from .latency import time_calls
 
 __all__ = ["LatencyTable", "layer_widths", "table_layers", "layer_costs"]
@@ -119,6 +119,7 @@ class LatencyTable:
     """Measured per-layer latency of one model on this machine, at one batch size and thread count."""
 
     def __init__(self, meta: dict, layers: dict[str, dict], residual: list[list[float]]):
+        _check_contents(meta, layers, residual)
         self.meta, self.layers = meta, layers
         self.residual = sorted([float(a), float(ms)] for a, ms in residual)  # [activation fraction, ms] points
 
@@ -246,7 +247,11 @@ class LatencyTable:
             dcin, dcout = self.layers[n]["dense"]
             if not (0 < cin <= dcin and 0 < cout <= dcout):
                 raise ValueError(f"layer {n}: widths ({cin}, {cout}) outside the table's (1..{dcin}, 1..{dcout})")
-        return self.layer_sum(widths) + self.residual_ms(self.activation_fraction(widths))
+        ms = self.layer_sum(widths) + self.residual_ms(self.activation_fraction(widths))
+        if not (math.isfinite(ms) and ms > 0):  # a table changed after loading: never plan on a NaN
+            raise ValueError(f"the latency table predicts {ms!r} ms for these widths; its entries must be finite and "
+                             "positive: measure it again with LatencyTable.measure")
+        return ms
 
     def predict(self, model: nn.Module) -> float:
         """Predicted latency (ms) of ``model`` (the dense model or a pruned variant of it) at the table's batch size."""
@@ -286,6 +291,7 @@ class LatencyTable:
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
         path = Path(path)
         try:
+            regular_file(path, "latency table")  # a FIFO would block the read forever
             blob = json.loads(path.read_text())
             if blob["meta"]["format"] != FORMAT:
                 raise ValueError(f"format {blob['meta']['format']}, expected {FORMAT}")
@@ -298,6 +304,41 @@ class LatencyTable:
         m = self.meta
         return (f"LatencyTable({len(self.layers)} layers, batch size {m['batch_size']}, {m['threads']} thread(s), "
                 f"torch {m['torch']}, {m['machine']}, dense predicted {self.dense_ms:.3f} ms)")
+
+
+def _finite(v, low: float = 0.0) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= low
+
+
+def _check_contents(meta, layers, residual) -> None:
+    """``ValueError`` naming the first entry that is not what :meth:`LatencyTable.measure` writes: milliseconds
+    finite and >= 0, grids of positive widths that match the ``ms`` rows and columns, a usable residual curve."""
+    if not isinstance(meta, dict) or not isinstance(layers, dict) or not layers:
+        raise ValueError("meta must be a dict and layers a non-empty dict {layer name: entry}")
+    if isinstance(meta.get("batch_size"), bool) or not isinstance(meta.get("batch_size"), int) or meta["batch_size"] < 1:
+        raise ValueError(f"meta['batch_size'] must be an int >= 1, got {meta.get('batch_size')!r}")
+    for name, e in layers.items():
+        try:
+            cin_grid, cout_grid, ms, dense = e["cin_grid"], e["cout_grid"], e["ms"], e["dense"]
+            ok_grids = all(isinstance(g, list) and g and all(_finite(w) and w == int(w) for w in g)
+                           and all(a < b for a, b in zip(g, g[1:]))
+                           for g in (cin_grid, cout_grid))
+            ok_dense = len(dense) == 2 and all(_finite(w, 1) and w == int(w) for w in dense)
+            ok_shape = len(ms) == len(cin_grid) and all(len(row) == len(cout_grid) for row in ms)
+            e["depthwise"], e["out_positions"], e["signature"]  # noqa: B018 - present
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"layer {name!r}: entry lacks or mistypes {err}") from None
+        if not (ok_grids and ok_dense and ok_shape):
+            raise ValueError(f"layer {name!r}: its grids, dense widths and ms table do not fit together")
+        bad = [v for row in ms for v in row if not _finite(v)]
+        if bad:
+            raise ValueError(f"layer {name!r}: latencies must be finite and >= 0 ms, got {bad[0]!r}")
+    if not isinstance(residual, list) or not residual or not all(
+            isinstance(pt, (list, tuple)) and len(pt) == 2 and _finite(pt[0]) and _finite(pt[1]) for pt in residual):
+        raise ValueError(f"residual must be a non-empty list of [activation fraction, ms] pairs, finite and >= 0, "
+                         f"got {str(residual)[:80]}")
+    if len({float(pt[0]) for pt in residual}) != len(residual):
+        raise ValueError("residual lists an activation fraction twice")
 
 
 def _signature(m: nn.Module) -> str:

@@ -9,14 +9,15 @@ plus its non-zero values, so the file shows what unstructured pruning removed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ._validate import check_module
-from .files import atomic_write
+from ._validate import check_bool, check_module
+from .files import atomic_write, regular_file
 from .models import build_model
 
 __all__ = ["save_pruned", "load_pruned", "pack_sparse", "unpack_sparse"]
@@ -87,6 +88,17 @@ def _rebuild(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     return model
 
 
+def _digest(state: dict[str, torch.Tensor], sparse: dict[str, dict]) -> str:
+    """sha256 over every key, shape, dtype and byte of the stored tensors (packed ones as stored)."""
+    h = hashlib.sha256()
+    items = [(k, v) for k, v in state.items()] + [(f"{k}/{part}", t) for k, d in sparse.items() for part, t in sorted(d.items())]
+    for key, t in sorted(items, key=lambda kv: kv[0]):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{key}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_pruned(model: nn.Module, arch: str, path: str | os.PathLike, *, sparse: bool = False) -> Path:
     """Save a pruned model as ``{'arch': name, 'state_dict': tensors}``, atomically (temp file + rename).
 
@@ -96,25 +108,56 @@ def save_pruned(model: nn.Module, arch: str, path: str | os.PathLike, *, sparse:
     (:func:`pack_sparse`); it loads back to equal tensors (a -0.0 comes back as 0.0; outputs are identical).
     """
     check_module(model)
+    check_bool(sparse, "sparse")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or pathlib.Path), got {type(path).__name__}")
     build_model(arch)  # validates the name
+    arch = arch.lower()
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if any(k.endswith(("_orig", "_mask")) for k in state):
         raise ValueError("model still has pruning masks; call remove_pruning_masks(model) before saving")
+    try:  # refuse now a file that could never be loaded, rather than at load time
+        _rebuild(build_model(arch), state)
+    except (RuntimeError, KeyError, ValueError, IndexError) as err:
+        raise ValueError(f"the model does not fit arch {arch!r}: a {arch} resized to its shapes does not take its "
+                         f"tensors ({str(err).splitlines()[0][:200]}); pass the architecture the model was built "
+                         "as") from None
     blob = {"arch": arch, "state_dict": state}
     if sparse:
         blob["sparse"] = {k: pack_sparse(v) for k, v in state.items() if _worth_packing(v)}
         blob["state_dict"] = {k: v for k, v in state.items() if k not in blob["sparse"]}
+    blob["sha256"] = _digest(blob["state_dict"], blob.get("sparse", {}))
     return atomic_write(path, lambda f: torch.save(blob, f))
 
 
 def load_pruned(path: str | os.PathLike) -> nn.Module:
     """Load a model written by :func:`save_pruned`: a fresh model of its ``arch`` resized to the saved shapes."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no pruned model at {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    regular_file(path, "pruned model")  # a FIFO would block torch.load forever
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # EOFError with no message for a truncated file, zip errors, unpickling errors
+        detail = str(err).splitlines()[0][:200] if str(err) else "no detail"
+        raise ValueError(f"{path} is not a readable save_pruned file: truncated or corrupt ({type(err).__name__}: "
+                         f"{detail}); save the model again") from None
     if not isinstance(blob, dict) or "arch" not in blob or "state_dict" not in blob:
         raise ValueError(f"{path} was not written by save_pruned (expected keys 'arch' and 'state_dict')")
-    state = dict(blob["state_dict"])
-    state.update({k: unpack_sparse(v) for k, v in blob.get("sparse", {}).items()})
-    return _rebuild(build_model(blob["arch"]), state).eval()
+    sparse, state = blob.get("sparse", {}), blob["state_dict"]
+    if not isinstance(state, dict) or not isinstance(sparse, dict) or not isinstance(blob["arch"], str):
+        raise ValueError(f"{path} was not written by save_pruned (its 'arch', 'state_dict' or 'sparse' has the wrong type)")
+    try:
+        digest = _digest(state, sparse) if "sha256" in blob else None  # files from before the checksum have none
+    except (AttributeError, TypeError, RuntimeError) as err:
+        raise ValueError(f"{path} was not written by save_pruned (it holds something other than tensors: {err})") from None
+    if digest is not None and blob["sha256"] != digest:
+        raise ValueError(f"{path} fails its checksum: its tensors were changed or corrupted after save_pruned wrote "
+                         "them; save the model again")
+    try:
+        state = dict(state)
+        state.update({k: unpack_sparse(v) for k, v in sparse.items()})
+        return _rebuild(build_model(blob["arch"]), state).eval()
+    except (RuntimeError, KeyError, ValueError, IndexError, TypeError) as err:
+        raise ValueError(f"{path} does not load into a {blob['arch']!r} model: "
+                         f"{str(err).splitlines()[0][:200] if str(err) else type(err).__name__}") from None

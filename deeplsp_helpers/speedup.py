@@ -91,7 +91,7 @@ def _greedy_plan(model, example_inputs, target_speedup, table, cost, importance,
     if list(example_inputs.shape[1:]) != list(table.meta["input_shape"]):
         raise ValueError(f"the table was measured for inputs of shape {table.meta['input_shape']}, "
                          f"not {list(example_inputs.shape[1:])}")
-    round_to = round_to or table.meta["round_to"]
+    round_to = table.meta["round_to"] if round_to is None else round_to  # 0 is an error, not "the default"
     check_ints(("round_to", round_to, 1))
     was = model.training
     model.eval()

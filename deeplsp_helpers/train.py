@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import get_device
-from ._validate import check_ints, check_module
+from ._validate import check_bool, check_ints, check_labels, check_module
 
 __all__ = ["evaluate", "train", "fine_tune", "distillation_loss", "progress_enabled", "with_teacher_outputs",
            "channels_last"]
@@ -115,6 +115,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
             for batch in loader:
                 X, y = batch[0], batch[1]
                 y_hat = model(_to_input(X, device, cl))
+                check_labels(y, y_hat, "the loader's labels y")  # [N, 1] or one-hot labels: a wrong number, no error
                 correct += (y_hat.argmax(1) == y.to(device)).sum().item()
                 total += len(y)
     finally:
@@ -271,6 +272,9 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
     for hooks, label in ((callbacks, "callbacks"), (before_step, "before_step")):
         if callable(hooks) or not all(callable(h) for h in hooks):
             raise TypeError(f"{label} must be a list of callables hook(model), e.g. [pruner.apply]")
+    check_bool(select_best, "select_best")
+    if progress is not None:
+        check_bool(progress, "progress")
     if schedule not in ("onecycle", "cosine", "constant"):
         raise ValueError(f"schedule must be 'onecycle', 'cosine' or 'constant', got {schedule!r}")
     device = torch.device(device) if device is not None else get_device()

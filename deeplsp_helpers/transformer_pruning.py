@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import masks
-from ._validate import check_fraction, check_module
+from ._validate import check_finite, check_fraction, check_module
 
 __all__ = ["attention_modules", "mlp_modules", "block_linears", "activation_norms", "input_hessian", "wanda_scores",
            "row_mask", "mask_from_scores", "sparsegpt_prune", "reconstruction_error", "head_importance",
@@ -418,6 +418,8 @@ def head_importance(model: nn.Module, scores: Mapping[str, torch.Tensor] | None 
     for name, attn in attns.items():
         h, d = attn.num_heads, attn.head_dim
         s = _scores_for(model, scores, [_join(name, a) for a in (*_QKV, "out_proj")])
+        for layer, t in s.items():  # a NaN score would rank heads arbitrarily (NaN compares false with everything)
+            check_finite(t, f"the scores of {layer!r}")
         total = sum(s[_join(name, a)].reshape(h, d, -1).sum(dim=(1, 2)) for a in _QKV)  # rows: [h*d, D] -> [h]
         out[name] = total + s[_join(name, "out_proj")].reshape(-1, h, d).sum(dim=(0, 2))   # columns: [D, h*d] -> [h]
     return out
@@ -432,6 +434,8 @@ def neuron_importance(model: nn.Module, scores: Mapping[str, torch.Tensor] | Non
     out = {}
     for name in mlps:
         s = _scores_for(model, scores, [_join(name, "fc1"), _join(name, "fc2")])
+        for layer, t in s.items():
+            check_finite(t, f"the scores of {layer!r}")
         out[name] = s[_join(name, "fc1")].sum(1) + s[_join(name, "fc2")].sum(0)  # [hidden, D] rows + [D, hidden] columns
     return out
 

@@ -22,10 +22,13 @@ gives the same weights, elsewhere the same recipe to within floating-point diffe
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,7 +37,8 @@ import torch
 from torch import nn
 
 from . import seed_everything
-from .files import atomic_write
+from ._validate import check_bool, check_ints
+from .files import atomic_write, atomic_write_or_rescue, check_free_space, regular_file
 from .models import MODEL_NAMES, build_model
 
 __all__ = ["RECIPES", "PRUNED_RECIPES", "ZOO_NAMES", "CheckpointError", "load_pretrained", "train_reference",
@@ -103,8 +107,12 @@ def _check_name(name) -> str:
 def read_manifest(directory: Path | None = None) -> dict:
     """The manifest as a dict ``{name: entry}``; empty if there is none yet."""
     path = Path(directory or CHECKPOINT_DIR) / MANIFEST
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return {}
+    try:
+        regular_file(path, "manifest")  # a FIFO would block the read forever
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{err}; retrain with: python -m deeplsp_helpers.zoo train all") from None
     try:
         manifest = json.loads(path.read_text())
     except ValueError as err:  # invalid JSON or invalid UTF-8
@@ -113,6 +121,34 @@ def read_manifest(directory: Path | None = None) -> dict:
         raise CheckpointError(f"{path} is not a manifest (expected a JSON object); retrain with: "
                               "python -m deeplsp_helpers.zoo train all")
     return manifest
+
+
+def _entry(manifest: dict, name: str, directory: Path) -> dict | None:
+    """``manifest[name]`` if it is there, ``None`` if not; ``CheckpointError`` naming the manifest and the field if
+    the entry lacks a plain file name or a sha256 (a hand-edited or truncated manifest)."""
+    entry = manifest.get(name)
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        problem = "is not a JSON object"
+    elif not isinstance(entry.get("file"), str) or entry["file"] in ("", ".", "..") or Path(entry["file"]).name != entry["file"]:
+        problem = f"has no valid 'file' (a file name inside {directory}), got {entry.get('file')!r}"
+    elif not isinstance(entry.get("sha256"), str) or not re.fullmatch("[0-9a-f]{64}", entry["sha256"]):
+        problem = f"has no valid 'sha256' (64 hex digits), got {entry.get('sha256')!r}"
+    else:
+        return entry
+    raise CheckpointError(f"{directory / MANIFEST}: the entry for {name!r} {problem}; {_retrain_hint(name)}")
+
+
+def _verified(directory: Path, name: str) -> dict | None:
+    """The manifest entry of ``name`` if its file is there and matches its sha256, else ``None``."""
+    try:
+        entry = _entry(read_manifest(directory), name, directory)
+        if entry is not None and (directory / entry["file"]).is_file() and _sha256(directory / entry["file"]) == entry["sha256"]:
+            return entry
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def load_pretrained(name: str, *, retrain: bool = False, directory: str | os.PathLike | None = None,
@@ -130,9 +166,10 @@ def load_pretrained(name: str, *, retrain: bool = False, directory: str | os.Pat
         CheckpointError (a ValueError): the file fails its sha256 or does not fit the model.
     """
     name = _check_name(name)
+    check_bool(retrain, "retrain")  # retrain="no" would be true, and retrain
     directory = Path(directory or CHECKPOINT_DIR)
     try:
-        entry = read_manifest(directory).get(name)  # a corrupt manifest can be recovered from by retraining too
+        entry = _entry(read_manifest(directory), name, directory)  # a corrupt manifest can be recovered from by retraining too
         path = directory / (entry["file"] if entry else f"{name}.pt")
         if entry is None or not path.is_file():
             raise FileNotFoundError(f"no checkpoint for {name!r} in {directory}; {_retrain_hint(name)}")
@@ -159,22 +196,67 @@ def load_pretrained(name: str, *, retrain: bool = False, directory: str | os.Pat
     return model.to(device).eval()
 
 
+def _checkpoint_bytes(name: str) -> int:
+    """About how many bytes ``name``'s checkpoint takes (its dense base model's tensors, plus room for the format)."""
+    model = build_model(PRUNED_RECIPES[name]["base"] if name in PRUNED_RECIPES else name)
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) + (1 << 20)
+
+
+def _check_replace(directory: Path, name: str, num_epochs: int | None, force: bool) -> None:
+    """Refuse, before any work, to overwrite a verified checkpoint with a shorter-trained one unless ``force``."""
+    old = _verified(directory, name)
+    recipe_epochs = RECIPES.get(name, {}).get("num_epochs")
+    if old is not None and not force and num_epochs is not None and num_epochs < recipe_epochs:
+        raise CheckpointError(f"{directory / old['file']} holds a verified checkpoint (val {old.get('val_acc', '?')} %); "
+                              f"training {name} for {num_epochs} epoch(s) instead of the recipe's {recipe_epochs} would "
+                              "replace it with a weaker one: pass force=True (CLI: --force) to replace it, or "
+                              "directory=... (CLI: --dir FOLDER) to train elsewhere")
+
+
+def _save_checkpoint(directory: Path, name: str, state, val_acc: float, force: bool, save) -> Path:
+    """Save ``state`` as ``name``'s checkpoint with ``save(path)``, unless that would replace a verified checkpoint
+    with a less accurate one (without ``force``): then the new one goes beside it as ``<name>.rejected.pt`` and a
+    ``CheckpointError`` says so. A failed write (full disk) puts the weights elsewhere and says where."""
+    path = directory / f"{name}.pt"
+    old = _verified(directory, name)
+    if old is not None and not force and val_acc < float(old.get("val_acc", -1)):
+        keep = directory / f"{name}.rejected.pt"
+        save(keep)
+        raise CheckpointError(f"kept {path} (val {old['val_acc']} %): the new {name} reaches only val {val_acc:.2f} %; "
+                              f"it was saved as {keep} (pass force=True, CLI --force, to replace the checkpoint)")
+    return save(path)
+
+
 def train_reference(name: str, *, directory: str | os.PathLike | None = None, num_epochs: int | None = None,
-                    progress: bool | None = None) -> dict:
+                    progress: bool | None = None, force: bool = False) -> dict:
     """Train ``name`` with its recipe and seed, keep the best validation epoch, save it atomically.
 
     The test accuracy is measured once, after selection, and only recorded.
     Returns the manifest entry that was written.
+
+    A verified checkpoint already in ``directory`` is replaced only by a model at least as accurate on validation,
+    and never by a shorter-trained one (``num_epochs`` below the recipe's): pass ``force=True`` to replace it anyway.
+    Raises:
+        ValueError: ``num_epochs`` is not a positive int (checked before the data is loaded).
+        CheckpointError: the new model would replace a better verified checkpoint (``force=False``).
+        OSError: the folder is not writable or the disk too full for the checkpoint (before training), or the save
+            failed after training (``files.RescuedWriteError``: the message says where the weights went instead).
     """
     from . import data, train
 
     name = _check_name(name)
+    if num_epochs is not None:
+        check_ints(("num_epochs", num_epochs, 1))
+    if progress is not None:
+        check_bool(progress, "progress")
+    check_bool(force, "force")
     directory = Path(directory or CHECKPOINT_DIR)
-    _check_writable(directory)  # before minutes of training, not after
+    _check_writable(directory, _checkpoint_bytes(name))  # before minutes of training, not after
     if name in PRUNED_RECIPES:
         if num_epochs is not None:
             raise ValueError(f"{name} is made by a pruning recipe; its fine-tuning epochs are part of the recipe")
-        return _make_pruned(name, directory, progress)
+        return _make_pruned(name, directory, progress, force)
+    _check_replace(directory, name, num_epochs, force)
     recipe = dict(RECIPES[name])
     if num_epochs is not None:
         recipe["num_epochs"] = num_epochs
@@ -188,8 +270,8 @@ def train_reference(name: str, *, directory: str | os.PathLike | None = None, nu
     val_acc = train.evaluate(model, loaders.val)
     test_acc = train.evaluate(model, loaders.test)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    path = directory / f"{name}.pt"
-    atomic_write(path, lambda f: torch.save(state, f))
+    path = _save_checkpoint(directory, name, state, val_acc, force, lambda p: atomic_write_or_rescue(
+        p, lambda f: torch.save(state, f), what=f"the trained {name} weights", payload=state))
     entry = {
         "file": path.name, "sha256": _sha256(path), "val_acc": round(val_acc, 2), "test_acc": round(test_acc, 2),
         "params": sum(p.numel() for p in model.parameters()), "seed": SEED,
@@ -203,21 +285,41 @@ def train_reference(name: str, *, directory: str | os.PathLike | None = None, nu
     return entry
 
 
-def _record(directory: Path, name: str, entry: dict) -> None:
-    """Write ``entry`` into the manifest, atomically; a corrupt manifest is set aside and a new one started."""
+@contextlib.contextmanager
+def _manifest_lock(directory: Path):
+    """An exclusive lock on ``directory`` (``flock`` on the folder itself: no lock file to leave behind), so that two
+    processes updating the manifest read-modify-write it one after the other instead of losing entries."""
     try:
-        manifest = read_manifest(directory)
-    except CheckpointError as err:  # keep the corrupt file for inspection; start a new manifest with this entry
-        corrupt = directory / f"{MANIFEST}.corrupt"
-        os.replace(directory / MANIFEST, corrupt)
-        print(f"warning: {err.args[0].split(';')[0]}; moved it to {corrupt.name} and started a new manifest "
-              "(retrain the other models to list them again)", file=sys.stderr)
-        manifest = {}
-    manifest[name] = entry
-    atomic_write(directory / MANIFEST, lambda f: f.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()))
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
-def _make_pruned(name: str, directory: Path, progress: bool | None) -> dict:
+def _record(directory: Path, name: str, entry: dict) -> None:
+    """Write ``entry`` into the manifest, atomically and under a lock; a corrupt manifest is set aside and a new one
+    started."""
+    with _manifest_lock(directory):
+        try:
+            manifest = read_manifest(directory)
+        except CheckpointError as err:  # keep the corrupt file for inspection; start a new manifest with this entry
+            corrupt = directory / f"{MANIFEST}.corrupt"
+            os.replace(directory / MANIFEST, corrupt)
+            print(f"warning: {err.args[0].split(';')[0]}; moved it to {corrupt.name} and started a new manifest "
+                  "(retrain the other models to list them again)", file=sys.stderr)
+            manifest = {}
+        manifest[name] = entry
+        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+        atomic_write(directory / MANIFEST, lambda f: f.write(text.encode()))
+
+
+def _make_pruned(name: str, directory: Path, progress: bool | None, force: bool = False) -> dict:
     """Prune the dense ``base`` checkpoint by ``PRUNED_RECIPES[name]``, save it with ``save_pruned``, record it."""
     import copy
 
@@ -265,7 +367,8 @@ def _make_pruned(name: str, directory: Path, progress: bool | None) -> dict:
     model.eval()
     val_acc = train.evaluate(model, loaders.val)
     test_acc = train.evaluate(model, loaders.test)  # recorded, never used to choose
-    path = save_pruned(model, recipe["base"], directory / f"{name}.pt", sparse=sparse)
+    path = _save_checkpoint(directory, name, model, val_acc, force,
+                            lambda p: save_pruned(model, recipe["base"], p, sparse=sparse))
     entry = {
         "file": path.name, "sha256": _sha256(path), "val_acc": round(val_acc, 2), "test_acc": round(test_acc, 2),
         "params": metrics.count_parameters(model), "nonzero_params": metrics.count_parameters(model, nonzero_only=True),
@@ -278,16 +381,20 @@ def _make_pruned(name: str, directory: Path, progress: bool | None) -> dict:
     return entry
 
 
-def _check_writable(directory: Path) -> None:
-    """``PermissionError`` with a way out unless checkpoints can be written into ``directory``."""
+def _check_writable(directory: Path, needed: int = 0) -> None:
+    """``PermissionError`` with a way out unless checkpoints can be written into ``directory``; ``OSError`` (ENOSPC,
+    "disk full") unless it has ``needed`` bytes free (an empty probe file is written even on a full disk)."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
         probe = directory / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"disk full: cannot write checkpoints into {directory}") from None
         raise PermissionError(f"cannot write checkpoints into {directory} ({err.strerror or err}); pass "
                               "directory=... (CLI: --dir FOLDER) to train into a folder you can write") from None
+    check_free_space(directory, needed, "the checkpoint")
 
 
 def verify(directory: str | os.PathLike | None = None) -> dict:
@@ -295,7 +402,11 @@ def verify(directory: str | os.PathLike | None = None) -> dict:
     directory = Path(directory or CHECKPOINT_DIR)
     manifest, result = read_manifest(directory), {}
     for name in ZOO_NAMES:
-        entry = manifest.get(name)
+        try:
+            entry = _entry(manifest, name, directory)
+        except CheckpointError as err:
+            result[name] = f"bad manifest entry ({str(err).split('; ')[0].split(' entry for ')[-1]})"
+            continue
         path = directory / (entry["file"] if entry else f"{name}.pt")
         if entry is None or not path.is_file():
             result[name] = "missing"
@@ -306,6 +417,30 @@ def verify(directory: str | os.PathLike | None = None) -> dict:
     return result
 
 
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value} (0 epochs would save an untrained model)")
+    return value
+
+
+def _describe(name: str, e) -> str:
+    """One line of ``list`` for a manifest entry; a malformed entry says what is wrong instead of a KeyError."""
+    try:
+        r = e["recipe"]
+        how = (f"epochs {r['num_epochs']}" if "num_epochs" in r
+               else f"pruned from {r['base']} by chapter {r['chapter']}'s recipe")
+        return (f"{name:14s} val {e['val_acc']:6.2f} %  test {e['test_acc']:6.2f} %  params {e['params']:,}  "
+                f"{how}  seed {e['seed']}")
+    except (KeyError, TypeError, ValueError) as err:
+        return f"{name:14s} bad manifest entry ({type(err).__name__}: {err}); {_retrain_hint(name)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -314,27 +449,38 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="show each checkpoint's accuracy and recipe")
     sub.add_parser("verify", help="check every checkpoint against its sha256")
     p_train = sub.add_parser("train", help="retrain a reference model with its recorded recipe and seed")
-    p_train.add_argument("name", choices=[*ZOO_NAMES, "all"])
-    p_train.add_argument("--epochs", type=int, default=None, help="override the recipe's number of epochs")
+    p_train.add_argument("name", type=str.lower, choices=[*ZOO_NAMES, "all"])
+    p_train.add_argument("--epochs", type=_positive_int, default=None, help="override the recipe's number of epochs")
     p_train.add_argument("--dir", default=None, help="where to write the checkpoints and manifest "
                                                      "(default: the package's own folder)")
+    p_train.add_argument("--force", action="store_true",
+                         help="replace a verified checkpoint even by a shorter-trained or less accurate model")
     args = parser.parse_args(argv)
     if args.command == "train":
+        directory = Path(args.dir or CHECKPOINT_DIR)
+        names = ZOO_NAMES if args.name == "all" else [args.name]
         try:
-            _check_writable(Path(args.dir or CHECKPOINT_DIR))
-        except PermissionError as err:
+            _check_writable(directory, max(_checkpoint_bytes(n) for n in names))
+            for name in names:
+                if name not in PRUNED_RECIPES:
+                    _check_replace(directory, name, args.epochs, args.force)
+        except (OSError, CheckpointError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        for name in ZOO_NAMES if args.name == "all" else [args.name]:  # dense ones first: the pruned start from them
-            entry = train_reference(name, num_epochs=None if name in PRUNED_RECIPES else args.epochs,
-                                    directory=args.dir)
+        for name in names:  # dense ones first: the pruned start from them
+            try:
+                entry = train_reference(name, num_epochs=None if name in PRUNED_RECIPES else args.epochs,
+                                        directory=directory, force=args.force)
+            except (OSError, CheckpointError) as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
             print(f"{name}: val {entry['val_acc']:.2f} %  test {entry['test_acc']:.2f} %  "
                   f"({entry['train_seconds']:.0f} s" + (f", best epoch {entry['best_epoch']})" if "best_epoch" in entry
                                                        else ")"), flush=True)
         return 0
     try:
         manifest = read_manifest()
-    except CheckpointError as err:
+    except (CheckpointError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.command == "verify":
@@ -342,12 +488,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, s in status.items():
             print(f"{name:10s} {s}")
         return 0 if all(s == "ok" for s in status.values()) else 1
-    for name, e in manifest.items():
-        how = (f"epochs {e['recipe']['num_epochs']}" if "num_epochs" in e["recipe"]
-               else f"pruned from {e['recipe']['base']} by chapter {e['recipe']['chapter']}'s recipe")
-        print(f"{name:14s} val {e['val_acc']:6.2f} %  test {e['test_acc']:6.2f} %  params {e['params']:,}  "
-              f"{how}  seed {e['seed']}")
-    return 0
+    lines = [_describe(name, e) for name, e in manifest.items()]
+    print("\n".join(lines))
+    return 1 if any("bad manifest entry" in line for line in lines) else 0
 
 
 if __name__ == "__main__":

@@ -52,19 +52,86 @@ def test_env_variable_pointing_nowhere_is_reported(tmp_path, monkeypatch):
         data.find_data_root()
 
 
-def test_debian_files_are_decompressed_atomically(tmp_path, monkeypatch):
+SMALL_SHAPES = {"train-images-idx3-ubyte": (2051, (6, 28, 28)), "train-labels-idx1-ubyte": (2049, (6,)),
+                "t10k-images-idx3-ubyte": (2051, (2, 28, 28)), "t10k-labels-idx1-ubyte": (2049, (2,))}
+
+
+def _idx(name: str, fill: int) -> bytes:
+    """A well-formed IDX file of ``SMALL_SHAPES[name]``, every byte ``fill``."""
+    magic, shape = SMALL_SHAPES[name]
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in shape)
+    n = 1
+    for d in shape:
+        n *= d
+    return header + bytes([fill]) * n
+
+
+@pytest.fixture
+def small_files(monkeypatch, tmp_path):
+    """Raw files checked against small shapes (the real ones are 55 MB); a Debian folder holding them as .gz."""
+    monkeypatch.setattr(data, "RAW_SHAPES", SMALL_SHAPES, raising=False)
     debian = tmp_path / "debian"
     debian.mkdir()
     for i, name in enumerate(data.RAW_FILES):
         with gzip.open(debian / f"{name}.gz", "wb") as f:
-            f.write(bytes([i]) * 100)
+            f.write(_idx(name, i))
     monkeypatch.setattr(data, "DEBIAN_DIR", debian)
     target = tmp_path / "target"
     target.mkdir()
+    return target, target / "FashionMNIST" / "raw"
+
+
+def test_debian_files_are_decompressed_atomically(small_files):
+    target, raw = small_files
     assert data.find_data_root(target, download=False) == target
-    raw = target / "FashionMNIST" / "raw"
     assert sorted(os.listdir(raw)) == sorted(data.RAW_FILES)  # no temporary files left behind
-    assert (raw / data.RAW_FILES[2]).read_bytes() == bytes([2]) * 100
+    assert (raw / data.RAW_FILES[2]).read_bytes() == _idx(data.RAW_FILES[2], 2)
+
+
+def test_a_truncated_file_is_extracted_again_and_a_swapped_one_is_named(small_files, monkeypatch, capsys):
+    target, raw = small_files
+    data.find_data_root(target, download=False)
+    labels = raw / "train-labels-idx1-ubyte"
+    labels.write_bytes(_idx("train-labels-idx1-ubyte", 1)[:-3])  # truncated: extracted again from the .gz
+    assert data.find_data_root(target, download=False) == target
+    assert labels.read_bytes() == _idx("train-labels-idx1-ubyte", 1) and "replaced the damaged" in capsys.readouterr().err
+    monkeypatch.setattr(data, "DEBIAN_DIR", target / "no-debian")  # nothing to extract again from
+    labels.write_bytes(_idx("t10k-labels-idx1-ubyte", 3))  # the test labels under the training labels' name
+    with pytest.raises(data.DataCorruptError, match=r"train-labels-idx1-ubyte holds shape \(2,\), expected \(6,\)"):
+        data.find_data_root(target, download=False)
+    labels.write_bytes(b"\x00" * 20)
+    with pytest.raises(ValueError, match="train-labels-idx1-ubyte is not an IDX file"):
+        data.find_data_root(target, download=False)
+
+
+def test_gz_files_copied_into_the_raw_folder_are_used_as_the_message_says(small_files, monkeypatch):
+    target, raw = small_files
+    monkeypatch.setattr(data, "DEBIAN_DIR", target / "no-debian")
+    raw.mkdir(parents=True)
+    for i, name in enumerate(data.RAW_FILES):
+        with gzip.open(raw / f"{name}.gz", "wb") as f:
+            f.write(_idx(name, i))
+    assert data.find_data_root(target, download=False) == target
+    assert (raw / data.RAW_FILES[3]).read_bytes() == _idx(data.RAW_FILES[3], 3)
+
+
+def test_temporary_files_a_killed_extraction_left_are_removed(small_files):
+    import time
+
+    target, raw = small_files
+    data.find_data_root(target, download=False)
+    dead = raw / ".train-images-idx3-ubyte.999999999.k3x9.tmp"  # the pid of a process that no longer runs
+    live = raw / f".train-images-idx3-ubyte.{os.getpid()}.a1b2.tmp"  # a write in progress: kept
+    for f in (dead, live):
+        f.write_bytes(b"x" * 1000)
+        os.utime(f, (time.time() - 600, time.time() - 600))
+    data.find_data_root(target, download=False)
+    assert not dead.exists() and live.exists()
+
+
+def test_the_real_files_hold_the_counts_the_splits_expect():
+    raw = data.find_data_root(download=False) / "FashionMNIST" / "raw"
+    assert all(data._raw_problem(raw / name) is None for name in data.RAW_FILES)
 
 
 @pytest.mark.parametrize("bad, err", [(0, ValueError), (60000, ValueError), (1.5, TypeError)])
@@ -144,3 +211,12 @@ def test_setup_installs_the_debian_package_when_root_and_reports_where(tmp_path,
     assert data.main(["setup", "--no-download"]) == 1  # apt was stubbed, so the data is still missing
     assert ["apt-get", "update"] in calls and ["apt-get", "install"] in calls
     assert "dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_flags_given_as_strings_are_refused_not_taken_as_true(splits):
+    with pytest.raises(TypeError, match="shuffle must be True or False, got 'no'"):
+        data.BatchLoader(splits.val, 100, shuffle="no")
+    with pytest.raises(TypeError, match="drop_last must be True or False"):
+        data.BatchLoader(splits.val, 100, drop_last="false")
+    with pytest.raises(TypeError, match="download must be True or False"):
+        data.find_data_root(download="no")

@@ -233,3 +233,83 @@ def test_sparsity_for_nonzero_factor_leaves_the_promised_non_zero_count():
         deeplsp.sparsity_for_nonzero_factor(small, dense, 0.5)
     with pytest.raises(TypeError, match="dense must be"):
         deeplsp.sparsity_for_nonzero_factor(small, "vgg", 2)
+
+
+@pytest.mark.parametrize("out", ["", "   ", "{tmp}", "{tmp}/"])
+def test_cli_refuses_an_out_that_is_no_file_before_any_work(tmp_path, monkeypatch, capsys, out):
+    from deeplsp_helpers import data, deeplsp_cli
+
+    loaded = []
+    monkeypatch.setattr(data, "load_fashion_mnist", lambda *a, **k: loaded.append(1))
+    with pytest.raises(SystemExit) as exit_:
+        deeplsp_cli.main(["--model", "lenet", "--out", out.format(tmp=tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and loaded == [] and "--out" in err[-1] and "Traceback" not in "".join(err)
+
+
+def _fake_pipeline(monkeypatch, models_in_order):
+    """The CLI with its minutes of pruning replaced: each run returns the next of ``models_in_order``."""
+    from deeplsp_helpers import deeplsp_cli
+
+    queue = list(models_in_order)
+    monkeypatch.setattr(deeplsp_cli, "apply_combined_pruning", lambda *a, **k: (queue.pop(0), []))
+    monkeypatch.setattr(deeplsp_cli, "format_report", lambda rows: "report")
+
+
+def test_two_cli_runs_writing_the_same_out_do_not_share_a_temporary_file(tmp_path, monkeypatch):
+    from deeplsp_helpers import deeplsp_cli
+
+    torch.manual_seed(1)
+    first, second = models.LeNet().eval(), models.LeNet().eval()
+    _fake_pipeline(monkeypatch, [first, second])
+    out = tmp_path / "m.pt"
+    args = ["--model", "lenet", "--finetune-epochs", "0", "--out", str(out)]
+    real_load, codes, partials = serialization.load_pruned, [], []
+
+    def load_while_another_run_saves(path):  # the second run saves and finishes while the first checks its file
+        partials.append(path.name)
+        if len(partials) == 1:
+            codes.append(deeplsp_cli.main(args))
+        return real_load(path)
+
+    monkeypatch.setattr(deeplsp_cli, "load_pruned", load_while_another_run_saves)
+    codes.append(deeplsp_cli.main(args))
+    assert codes == [0, 0] and len(set(partials)) == 2 and f".{out.name}.partial" not in partials
+    with torch.inference_mode():  # the run that reported success last wrote the file, and it holds its model
+        assert torch.equal(serialization.load_pruned(out)(X), first(X))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_a_partial_file_a_killed_cli_run_left_is_removed_by_the_next_run(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from deeplsp_helpers import deeplsp_cli
+
+    _fake_pipeline(monkeypatch, [models.LeNet().eval()])
+    left = tmp_path / ".m.pt.999999999.0badc0de.partial"
+    left.write_bytes(b"x" * 1000)
+    os.utime(left, (time.time() - 600, time.time() - 600))
+    assert deeplsp_cli.main(["--model", "lenet", "--finetune-epochs", "0", "--out", str(tmp_path / "m.pt")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_cli_finds_a_full_disk_before_any_work(tmp_path, monkeypatch, capsys):
+    import collections
+
+    from deeplsp_helpers import deeplsp_cli, files
+
+    loaded = []
+    monkeypatch.setattr(data, "load_fashion_mnist", lambda *a, **k: loaded.append(1))
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 100, 100))
+    with pytest.raises(SystemExit) as exit_:
+        deeplsp_cli.main(["--model", "vgg", "--out", str(tmp_path / "m.pt")])
+    assert exit_.value.code == 2 and loaded == [] and "disk full" in capsys.readouterr().err
+
+
+def test_the_cli_takes_model_names_in_any_case():
+    from deeplsp_helpers.deeplsp_cli import build_parser
+
+    args = build_parser().parse_args(["--model", "VGG", "--structured", "0.5", "--out", "x.pt"])
+    assert args.model == "vgg"  # as load_pretrained("VGG") takes it

@@ -110,6 +110,8 @@ def test_bad_requests(table):
         speedup.plan_to_speedup(_small_vgg(), X, 1000.0, table)
     with pytest.raises(ValueError, match="cost"):
         speedup.plan_to_speedup(_small_vgg(), X, 1.5, table, cost="flops")
+    with pytest.raises(ValueError, match="round_to"):  # 0 is refused, not silently taken as "the table's"
+        speedup.plan_to_speedup(_small_vgg(), X, 1.5, table, round_to=0)
     with pytest.raises(TypeError):
         speedup.plan_to_speedup(_small_vgg(), X, 1.5, {"not": "a table"})
 

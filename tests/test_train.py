@@ -236,3 +236,26 @@ def test_adamw_decays_the_weights_apart_from_the_gradient():
     assert model.weight.item() == pytest.approx(1 - 0.1 * 0.5)
     with pytest.raises(ValueError, match="'sgd', 'adam' or 'adamw'"):
         train._make_optimizer(model, "rmsprop", lr=0.1, weight_decay=0.0, momentum=0.9)
+
+
+def _bad_label_loaders():
+    """Labels a loader may carry by mistake, each of which used to give a wrong accuracy without an error."""
+    torch.manual_seed(0)
+    X, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    return {"[N, 1]": [(X, y[:, None])], "one-hot": [(X, nn.functional.one_hot(y, 10))],
+            "shorter than the batch": [(X, y[:5])], "fractional": [(X, y.float() / 3)], "out of range": [(X, y + 10)]}
+
+
+@pytest.mark.parametrize("kind", sorted(_bad_label_loaders()))
+def test_evaluate_refuses_labels_of_the_wrong_shape_or_kind(kind):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    with pytest.raises(ValueError, match="the loader's labels y must be"):
+        train.evaluate(model, _bad_label_loaders()[kind])
+
+
+def test_flags_given_as_strings_are_refused_not_taken_as_true(small):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    with pytest.raises(TypeError, match="select_best must be True or False, got 'no'"):
+        train.train(model, small.train, small.val, num_epochs=1, select_best="no")
+    with pytest.raises(TypeError, match="progress must be True or False"):
+        train.train(model, small.train, num_epochs=1, progress="off")

@@ -341,3 +341,18 @@ def test_head_and_neuron_removal_reject_bad_indices():
     with pytest.raises(TypeError, match="fc1"):
         tpr.remove_mlp_neurons(attn, [0])
     assert tpr.remove_mlp_neurons(mlp, []) is mlp and mlp.fc1.out_features == 4
+
+
+def test_head_and_neuron_importance_refuse_nan_scores_from_nan_activations():
+    model = _tiny_vit()
+    nan_images = [(torch.full((2, 1, 28, 28), float("nan")), torch.tensor([0, 1]))]  # NaN activations everywhere
+    scores = criteria.taylor(model, nan_images)
+    assert any(bool(s.isnan().any()) for s in scores.values())  # the criterion passes the NaN on
+    with pytest.raises(ValueError, match="the scores of '.*' holds NaN or infinite values"):
+        tpr.head_importance(model, scores)
+    with pytest.raises(ValueError, match="the scores of '.*fc[12]' holds NaN or infinite values"):
+        tpr.neuron_importance(model, scores)
+    with torch.no_grad():  # the default criterion, |w|, of a model whose weights went NaN
+        next(iter(tpr.mlp_modules(model).values())).fc1.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="fc1' holds NaN"):
+        tpr.neuron_importance(model)

@@ -147,3 +147,194 @@ def test_zoo_cli_list_and_verify(capsys):
     assert all(line.endswith("ok") for line in capsys.readouterr().out.strip().splitlines())
     assert zoo.main(["list"]) == 0
     assert "vgg" in capsys.readouterr().out
+
+
+# --- hardening (issue 26): nothing lost, nothing silently wrong ---------------------------------------------------
+
+def _one_verified_lenet(directory):
+    """``directory`` holding only the committed LeNet checkpoint and its manifest entry (verified)."""
+    directory.mkdir()
+    shutil.copy(zoo.CHECKPOINT_DIR / "lenet.pt", directory / "lenet.pt")
+    entry = zoo.read_manifest()["lenet"]
+    (directory / "manifest.json").write_text(json.dumps({"lenet": entry}))
+    assert zoo.verify(directory)["lenet"] == "ok"
+    return entry
+
+
+def _no_training(monkeypatch):
+    """train.train does nothing (an untrained model comes out, in no time); returns the list of calls."""
+    calls = []
+
+    def fake(model, *a, **k):
+        calls.append(k.get("num_epochs"))
+        return {"train_loss": [], "val_acc": [], "best_epoch": None, "seconds": 0.0}
+
+    monkeypatch.setattr(train, "train", fake)
+    return calls
+
+
+@pytest.mark.parametrize("epochs", ["0", "-3", "two"])
+def test_non_positive_epochs_are_refused_before_the_data_is_loaded(tmp_path, monkeypatch, capsys, epochs):
+    loaded = []
+    monkeypatch.setattr(data, "load_fashion_mnist", lambda *a, **k: loaded.append(1))
+    with pytest.raises(SystemExit) as exit_:
+        zoo.main(["train", "lenet", "--epochs", epochs, "--dir", str(tmp_path)])
+    assert exit_.value.code == 2 and "--epochs" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="num_epochs must be an int >= 1"):
+        zoo.train_reference("lenet", directory=tmp_path, num_epochs=0)
+    with pytest.raises(TypeError, match="force must be True or False"):
+        zoo.train_reference("lenet", directory=tmp_path, force="no")
+    assert loaded == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_shorter_training_never_replaces_a_verified_checkpoint_without_force(tmp_path, monkeypatch, capsys):
+    ckpt = tmp_path / "ckpt"
+    _one_verified_lenet(ckpt)
+    before = (ckpt / "lenet.pt").read_bytes(), (ckpt / "manifest.json").read_text()
+    calls = _no_training(monkeypatch)
+    assert zoo.main(["train", "lenet", "--epochs", "1", "--dir", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "lenet.pt" in err and "--force" in err and "1 epoch" in err
+    with pytest.raises(zoo.CheckpointError, match="force=True"):
+        zoo.train_reference("lenet", directory=ckpt, num_epochs=1)
+    assert calls == [] and ((ckpt / "lenet.pt").read_bytes(), (ckpt / "manifest.json").read_text()) == before
+
+
+def test_a_less_accurate_model_is_kept_beside_the_checkpoint_not_over_it(tmp_path, monkeypatch, capsys):
+    ckpt = tmp_path / "ckpt"
+    old = _one_verified_lenet(ckpt)
+    before = (ckpt / "lenet.pt").read_bytes(), (ckpt / "manifest.json").read_text()
+    _no_training(monkeypatch)  # the full recipe, but the model that comes out is untrained (about 10 %)
+    with pytest.raises(zoo.CheckpointError, match=r"kept .*lenet\.pt .*only val") as info:
+        zoo.train_reference("lenet", directory=ckpt)
+    assert "lenet.rejected.pt" in str(info.value) and str(old["val_acc"]) in str(info.value)
+    assert ((ckpt / "lenet.pt").read_bytes(), (ckpt / "manifest.json").read_text()) == before
+    assert zoo.verify(ckpt)["lenet"] == "ok"
+    rejected = torch.load(ckpt / "lenet.rejected.pt", weights_only=True)  # the new weights are not lost either
+    assert set(rejected) == set(models.LeNet().state_dict())
+    assert zoo.main(["train", "lenet", "--dir", str(ckpt)]) == 1  # the CLI says it in one line
+    assert capsys.readouterr().err.count("\n") == 1
+    entry = zoo.train_reference("lenet", directory=ckpt, force=True)  # asked for explicitly: replaced
+    assert entry["val_acc"] < old["val_acc"] and zoo.read_manifest(ckpt)["lenet"]["sha256"] == entry["sha256"]
+
+
+def test_a_full_disk_is_found_before_training(tmp_path, monkeypatch):
+    import collections
+
+    from deeplsp_helpers import files
+
+    calls = _no_training(monkeypatch)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 4096, 4096))
+    with pytest.raises(OSError, match="disk full") as info:
+        zoo.train_reference("vgg", directory=tmp_path)
+    assert str(tmp_path) in str(info.value) and calls == []
+    assert zoo.main(["train", "vgg", "--dir", str(tmp_path)]) == 2 and calls == []
+
+
+def test_trained_weights_survive_a_final_save_that_fails_for_a_full_disk(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+    from pathlib import Path
+
+    from deeplsp_helpers import files
+
+    ckpt, spare = tmp_path / "ckpt", tmp_path / "spare"
+    spare.mkdir()
+    _no_training(monkeypatch)
+    real_mkstemp = files.tempfile.mkstemp
+
+    def full_disk(*a, dir=None, **k):  # noqa: A002 - mkstemp's own name
+        if dir is not None and Path(dir) == ckpt:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkstemp(*a, dir=dir, **k)
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", full_disk)
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(spare))
+    with pytest.raises(OSError, match="disk full") as info:
+        zoo.train_reference("lenet", directory=ckpt)
+    rescued = info.value.rescued
+    assert rescued.parent == spare and str(rescued) in str(info.value) and "lenet.pt" in str(info.value)
+    models.LeNet().load_state_dict(torch.load(rescued, weights_only=True))  # the weights are there, and load
+    assert not (ckpt / "lenet.pt").exists() and not (ckpt / "manifest.json").exists()
+
+
+def test_a_manifest_entry_without_its_fields_is_named_not_a_key_error(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    entry = _one_verified_lenet(ckpt)
+    for field, value in (("sha256", None), ("file", "../../lenet.pt"), ("sha256", "abc")):
+        bad = dict(entry)
+        bad.pop(field) if value is None else bad.update({field: value})
+        (ckpt / "manifest.json").write_text(json.dumps({"lenet": bad}))
+        with pytest.raises(zoo.CheckpointError, match=f"manifest.json: the entry for 'lenet' has no valid '{field}'"):
+            zoo.load_pretrained("lenet", directory=ckpt)
+        assert zoo.verify(ckpt)["lenet"].startswith("bad manifest entry")
+    (ckpt / "manifest.json").write_text(json.dumps({"lenet": {"file": "lenet.pt"}}))
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(zoo, "CHECKPOINT_DIR", ckpt)
+    try:
+        assert zoo.main(["list"]) == 1
+    finally:
+        monkeypatch.undo()
+    assert "lenet" in capsys.readouterr().out
+
+
+def test_two_writers_of_the_manifest_lose_no_entry(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    real_read = zoo.read_manifest
+
+    def slow_read(directory=None):  # widen the read-modify-write window, as a busy machine does
+        manifest = real_read(directory)
+        time.sleep(0.02)
+        return manifest
+
+    monkeypatch.setattr(zoo, "read_manifest", slow_read)
+
+    def writer(k):
+        for i in range(8):
+            zoo._record(tmp_path, f"m{k}_{i}", {"i": i})
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(real_read(tmp_path)) == 24
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]  # no lock or temp file left
+
+
+def test_a_fifo_in_place_of_the_manifest_is_refused_not_waited_on(tmp_path):
+    import os
+    import threading
+
+    os.mkfifo(tmp_path / "manifest.json")
+    result = []
+
+    def read():
+        try:
+            zoo.read_manifest(tmp_path)
+        except Exception as err:  # noqa: BLE001 - what the test inspects
+            result.append(err)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(5)
+    if t.is_alive():  # the old behaviour: blocked on open(); release it before failing
+        os.close(os.open(tmp_path / "manifest.json", os.O_WRONLY | os.O_NONBLOCK))
+    assert result and isinstance(result[0], zoo.CheckpointError) and "not a regular file" in str(result[0])
+
+
+def test_the_cli_takes_model_names_in_any_case(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(zoo, "train_reference", lambda name, **k: seen.append(name) or
+                        {"val_acc": 1.0, "test_acc": 1.0, "train_seconds": 0.0})
+    assert zoo.main(["train", "LENET", "--dir", str(tmp_path)]) == 0 and seen == ["lenet"]
+
+
+def test_retrain_given_as_a_string_is_refused_not_taken_as_true(tmp_path, monkeypatch):
+    calls = _no_training(monkeypatch)
+    with pytest.raises(TypeError, match="retrain must be True or False, got 'no'"):
+        zoo.load_pretrained("lenet", directory=tmp_path, retrain="no")  # used to start training
+    assert calls == [] and list(tmp_path.iterdir()) == []
