@@ -240,7 +240,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     integer kernels where it has them (an operator without one runs in float). Activations are int8 too (S8S8).
     A weight that is zero stays exactly zero.
 
-    ``reduce_range`` (the default) stores the weights in 7 bits (-64..63) instead of 8. On an x86 CPU without
+    ``reduce_range`` (the default) stores the weights on a 7-bit scale (-64..64) instead of 8 bits. On an x86 CPU without
     VNNI (:func:`deeplsp_helpers.cpu.has_vnni`), ONNX Runtime's integer kernels add each pair of uint8 x int8
     products into an int16, which saturates when both products are large (255 x 127 x 2 > 32,767); the same
     8-bit file then loses points of accuracy there and none on a CPU with VNNI. With 7-bit weights every pair
