@@ -156,8 +156,8 @@ def reachable_speedup(model: nn.Module, example_inputs: torch.Tensor, table: Lat
                       max_pruning_ratio: float = 0.75, ignored_layers=None) -> float:
     """The largest speed-up over ``model`` that :func:`plan_to_speedup` can plan with ``table`` under the same
     options: the greedy knapsack run until no group may lose more channels (``max_pruning_ratio``) or no cut
-    saves predicted time. It depends on the machine that measured ``table`` (a CPU with wider vector units
-    gains more from narrow layers), so ask for a fraction of it rather than a number written down elsewhere."""
+    saves predicted time. It depends on the machine that measured ``table`` (its kernels, vector width among
+    them), so ask for a fraction of it rather than a number written down on another machine."""
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
     check_fraction(max_pruning_ratio, "max_pruning_ratio", low_open=True)
