@@ -42,7 +42,7 @@ from torch import nn
 
 from . import speedup
 from ._validate import PRUNABLE, check_batch, check_bool, check_ints, check_module
-from .latency_model import LatencyTable, layer_widths
+from .latency_model import LatencyTable, _input_shapes, layer_widths
 
 __all__ = ["taylor_bn_importance", "TaylorBNImportance", "knapsack_greedy", "knapsack_exact", "halp_prune"]
 
@@ -218,19 +218,9 @@ def knapsack_exact(scores, term, budget: float, *, chunk: int = 1, lowest=None, 
 
 
 def _first_conv(model: nn.Module, x: torch.Tensor) -> nn.Module | None:
-    seen = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: seen.append(mod)) for m in model.modules()
-             if isinstance(m, nn.Conv2d)]
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
-    return seen[0] if seen else None
+    """The Conv2d the forward pass calls first (the table's own forward-order record of its layers)."""
+    modules = dict(model.named_modules())
+    return next((modules[n] for n in _input_shapes(model, x) if isinstance(modules[n], nn.Conv2d)), None)
 
 
 def _plan_step(model, x, table, target_ms, importance, chunk, floors, ignored):
