@@ -9,8 +9,9 @@ stage is sensitivity-adaptive (:func:`prune_sensitivity_adaptive`, which the see
 
 CLI::
 
-    python -m deeplsp_helpers.deeplsp --model vgg --target-speedup 2.5 --batch-size 1 --unstructured 0.5 \\
-        --sensitivity-adaptive --finetune-epochs 1 --out pruned.pt
+    python -m deeplsp_helpers.deeplsp --model vgg --out pruned.pt   # chapter 06's recipe (deeplsp_helpers.recipe)
+    python -m deeplsp_helpers.deeplsp --model vgg --target-speedup 2.5 --costs latency --unstructured 0.5 \\
+        --uniform --finetune-epochs 1 --no-distill --out pruned.pt
 """
 
 from __future__ import annotations
@@ -227,22 +228,27 @@ def report_row(stage: str, model: nn.Module, example_inputs: torch.Tensor, loade
 
 def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, structured_ratio: float | None = None,
                            unstructured_ratio: float = 0.0, *, target_speedup: float | None = None,
-                           batch_size: int = 1, latency_table=None, cost: str = "latency",
+                           batch_size: int = 1, latency_table=None, cost: str = "none",
+                           nonzero_factor: float | None = None,
                            sensitivity_adaptive: bool = False, latency_aware: bool | None = None,
                            sensitivities=None, calibration=None,
                            finetune: Callable[[nn.Module, str], None] | None = None, loaders=None,
                            report: bool | str = True, threads: int = 1, latency_repeats: int = 20,
-                           cost_measure: str | None = "latency"):
+                           cost_measure: str | None = None):
     """structured -> (fine-tune) -> unstructured (uniform, or sensitivity-adaptive) -> (fine-tune) -> remove masks.
 
     Args:
         example_inputs: a batch [N, C, H, W] used for tracing and latency (bs 1 and 64 are derived from it).
         structured_ratio: remove this fraction of the channels (global ranking; ``cost_measure`` picks what
             :class:`~deeplsp_helpers.structured.LatencyAwareImportance` weighs them by: ``'latency'``,
-            ``'macs'`` or ``None`` for plain L1 magnitude). ``0`` or None: no channel pruning, unless
+            ``'macs'`` or ``None`` (default) for plain L1 magnitude). ``0`` or None: no channel pruning, unless
         target_speedup: remove channels until ``latency_table`` (measured at ``batch_size`` if None) predicts
             this speed-up at ``batch_size`` (:func:`deeplsp_helpers.speedup.prune_to_speedup`; ``cost`` is
-            ``'latency'``, ``'macs'`` or ``'none'``). Give one of the two.
+            ``'latency'``, ``'macs'`` or ``'none'``, default ``'none'``: the channels go in order of L1 magnitude,
+            which chapter 06 chose on validation). Give one of the two.
+        unstructured_ratio: zero this fraction of the remaining Conv/Linear weights; or instead
+        nonzero_factor: zero as many as leave the input model's parameter count / ``nonzero_factor`` non-zero
+            (:func:`sparsity_for_nonzero_factor`, computed after the structured stage: chapter 06's budget).
         sensitivity_adaptive: per-layer unstructured ratios from sensitivities
             (:func:`prune_sensitivity_adaptive`); the sensitivities are ``sensitivities`` or, if None, computed
             on ``calibration`` batches (default: 512 images of ``loaders.train``'s dataset: the training split).
@@ -262,6 +268,12 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
         raise ValueError("give structured_ratio or target_speedup, not both")
     s_ratio = check_fraction(structured_ratio or 0.0, "structured_ratio")
     u_ratio = check_fraction(unstructured_ratio, "unstructured_ratio", high=0.99, high_open=False)
+    if nonzero_factor is not None:
+        if u_ratio:
+            raise ValueError("give unstructured_ratio or nonzero_factor, not both")
+        if isinstance(nonzero_factor, bool) or not isinstance(nonzero_factor, (int, float)) or not nonzero_factor >= 1:
+            raise ValueError(f"nonzero_factor must be a number >= 1 (how many times fewer non-zero parameters than "
+                             f"the input model), got {nonzero_factor!r}")
     if not isinstance(example_inputs, torch.Tensor) or example_inputs.ndim != 4:
         raise TypeError("example_inputs must be a batch tensor [N, C, H, W]")
     if cost_measure not in ("latency", "macs", None):
@@ -269,7 +281,8 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
     if report not in (True, False, "final"):
         raise ValueError(f"report must be True (every stage), 'final' or False, got {report!r}")
     check_ints(("batch_size", batch_size, 1))
-    if sensitivity_adaptive and u_ratio > 0 and sensitivities is None and calibration is None and loaders is None:
+    unstructured = u_ratio > 0 or nonzero_factor is not None
+    if sensitivity_adaptive and unstructured and sensitivities is None and calibration is None and loaders is None:
         raise ValueError("sensitivity_adaptive=True needs sensitivities, calibration batches or loaders")
     baseline = copy.deepcopy(model).eval()
     pruned = copy.deepcopy(model).eval()
@@ -299,14 +312,18 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
         if finetune is not None:
             finetune(pruned, "structured")
             record("structured + fine-tune")
+    if nonzero_factor is not None:
+        u_ratio = sparsity_for_nonzero_factor(pruned, baseline, nonzero_factor)
     if u_ratio > 0:
         if sensitivity_adaptive:
             if sensitivities is None:
-                from .data import calibration_batches
+                if calibration is None:
+                    from .data import calibration_batches
 
-                ds = loaders.train.dataset
-                bs = min(128, len(ds))
-                sensitivities = compute_sensitivity(pruned, calibration or calibration_batches(ds, min(4, len(ds) // bs), bs))
+                    ds = loaders.train.dataset
+                    bs = min(128, len(ds))
+                    calibration = calibration_batches(ds, min(4, len(ds) // bs), bs)
+                sensitivities = compute_sensitivity(pruned, calibration)
             prune_sensitivity_adaptive(pruned, sensitivities, u_ratio)
         else:
             apply_unstructured_pruning(pruned, u_ratio)

@@ -15,6 +15,7 @@ import torch
 
 from .deeplsp import apply_combined_pruning, format_report
 from .files import check_free_space, clean_stale
+from .recipe import DEFAULT_RECIPE as R
 from .serialization import load_pruned, save_pruned
 
 __all__ = ["build_parser", "main"]
@@ -50,30 +51,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m deeplsp_helpers.deeplsp",
                                 description="Prune a pretrained reference model with the DeepLSP pipeline, print "
-                                            "the per-stage report and save a deployable model.")
+                                            "the per-stage report and save a deployable model. The defaults are "
+                                            "chapter 06's validated recipe (deeplsp_helpers.recipe.DeepLSPRecipe): "
+                                            f"a requested {R.target_speedup:g}x at batch size {R.request_batch_size}, "
+                                            f"cost {R.cost}, {R.nonzero_factor:g}x fewer non-zero parameters "
+                                            "(sensitivity-adaptive), fine-tuning distilled from the dense model.")
     p.add_argument("--model", required=True, type=_cnn_name, choices=CNN_NAMES,
                    help="which pretrained convolutional reference model to prune")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--structured", type=_number_arg(0, 1), default=None,
-                     help="fraction of channels to remove globally, in [0, 1) (default 0.5 if no --target-speedup)")
+                     help="fraction of channels to remove globally, in [0, 1) (instead of --target-speedup)")
     how.add_argument("--target-speedup", type=_number_arg(1, math.inf, low_open=True), default=None,
-                     help="remove channels until a latency table of this machine predicts this speed-up (> 1)")
-    p.add_argument("--batch-size", type=int, default=1,
-                   help="batch size at which --target-speedup is requested and the latency table measured (default 1)")
-    p.add_argument("--unstructured", type=_number_arg(0, 0.99, high_open=False), default=0.5,
-                   help="fraction of the remaining Conv/Linear weights to zero, in [0, 0.99] (default 0.5)")
-    p.add_argument("--sensitivity-adaptive", "--latency-aware", dest="sensitivity_adaptive", action="store_true",
-                   help="per-layer unstructured ratios from layer sensitivities instead of one uniform ratio "
-                        "(--latency-aware is the seed script's name for it)")
-    p.add_argument("--costs", choices=("latency", "macs", "none"), default="latency",
-                   help="what removing a channel is weighed by: measured latency (default), MACs, or none "
-                        "(L1 magnitude alone)")
-    p.add_argument("--distill", action="store_true",
-                   help="fine-tune with knowledge distillation from the dense model (T=4, alpha=0.5)")
-    p.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning epochs after each stage (default 1)")
-    p.add_argument("--finetune-samples", type=int, default=10000,
-                   help="training samples used for fine-tuning (default 10000)")
-    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
+                     help="remove channels until a latency table of this machine predicts this speed-up (> 1; "
+                          f"default {R.target_speedup:g} unless --structured is given)")
+    p.add_argument("--batch-size", type=int, default=R.request_batch_size,
+                   help="batch size at which --target-speedup is requested and the latency table measured "
+                        f"(default {R.request_batch_size})")
+    zeros = p.add_mutually_exclusive_group()
+    zeros.add_argument("--unstructured", type=_number_arg(0, 0.99, high_open=False), default=None,
+                       help="fraction of the remaining Conv/Linear weights to zero, in [0, 0.99] (instead of "
+                            "--nonzero-factor)")
+    zeros.add_argument("--nonzero-factor", type=_number_arg(1, math.inf), default=None,
+                       help="zero weights until the model has this many times fewer non-zero parameters than the "
+                            f"dense one (default {R.nonzero_factor:g} unless --unstructured is given)")
+    adaptive = p.add_mutually_exclusive_group()
+    adaptive.add_argument("--sensitivity-adaptive", "--latency-aware", dest="sensitivity_adaptive",
+                          action="store_true", default=True,
+                          help="per-layer unstructured ratios from layer sensitivities (the default; "
+                               "--latency-aware is the seed script's name for it)")
+    adaptive.add_argument("--uniform", dest="sensitivity_adaptive", action="store_false",
+                          help="one uniform unstructured ratio in every layer instead")
+    p.add_argument("--costs", choices=("latency", "macs", "none"), default=R.cost,
+                   help="what removing a channel is weighed by: measured latency, MACs, or none (L1 magnitude "
+                        f"alone; default {R.cost}, chosen on validation in chapter 06)")
+    distill = p.add_mutually_exclusive_group()
+    distill.add_argument("--distill", dest="distill", action="store_true", default=R.distill,
+                         help="fine-tune with knowledge distillation from the dense model (T=4, alpha=0.5; "
+                              f"{'the default' if R.distill else 'off by default'})")
+    distill.add_argument("--no-distill", dest="distill", action="store_false",
+                         help="fine-tune on the labels alone")
+    p.add_argument("--finetune-epochs", type=int, default=R.finetune_epochs // 2,
+                   help=f"fine-tuning epochs after each stage (default {R.finetune_epochs // 2})")
+    p.add_argument("--finetune-samples", type=int, default=R.finetune_samples,
+                   help=f"training samples used for fine-tuning (default {R.finetune_samples})")
+    p.add_argument("--lr", type=float, default=R.lr, help=f"fine-tuning learning rate (default {R.lr:g})")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for latency measurement (default 1)")
     p.add_argument("--sparse", action="store_true",
                    help="store zeros compactly in the saved file (bitmask + non-zero values)")
@@ -114,29 +135,34 @@ def main(argv: list[str] | None = None) -> int:
         check_free_space(out_dir, dense.stat().st_size if dense.is_file() else 0, f"--out {args.out}")
     except OSError as err:
         parser.error(str(err.strerror))
-    structured = 0.5 if args.structured is None and args.target_speedup is None else args.structured
+    target = R.target_speedup if args.structured is None and args.target_speedup is None else args.target_speedup
+    nonzero_factor = R.nonzero_factor if args.unstructured is None and args.nonzero_factor is None \
+        else args.nonzero_factor
 
-    from . import data, seed_everything, train, zoo
+    from . import data, seed_everything, zoo
+    from .recipe import DeepLSPRecipe
 
     try:
         seed_everything(0)
         splits = data.load_fashion_mnist()
-        loaders = data.make_loaders(splits, batch_size=128, train_subset=args.finetune_samples)
+        loaders = data.make_loaders(splits, batch_size=128)  # the report's validation accuracy
         model = zoo.load_pretrained(args.model)
-        teacher = zoo.load_pretrained(args.model) if args.distill else None
+        # the recipe's data, calibration and fine-tuning, with this run's settings (the defaults: the recipe itself)
+        recipe = DeepLSPRecipe(target_speedup=target or R.target_speedup, request_batch_size=args.batch_size,
+                               cost=args.costs, nonzero_factor=nonzero_factor or R.nonzero_factor,
+                               finetune_epochs=2 * args.finetune_epochs, finetune_samples=args.finetune_samples,
+                               lr=args.lr, distill=args.distill)
+        finetune = recipe.finetune_fn(model, splits)
+        calibration = recipe.calibration(splits)
     except (OSError, ValueError, RuntimeError) as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
 
-    def finetune(m, stage):
-        if args.finetune_epochs:
-            train.fine_tune(m, loaders.train, num_epochs=args.finetune_epochs, lr=args.lr, teacher=teacher,
-                            device="cpu")
-
     try:
         pruned, rows = apply_combined_pruning(
-            model, splits.val.X[:64], structured, args.unstructured, target_speedup=args.target_speedup,
-            batch_size=args.batch_size, cost=args.costs, sensitivity_adaptive=args.sensitivity_adaptive,
+            model, splits.val.X[:64], args.structured, args.unstructured or 0.0, target_speedup=target,
+            batch_size=args.batch_size, cost=args.costs, nonzero_factor=nonzero_factor,
+            sensitivity_adaptive=args.sensitivity_adaptive, calibration=calibration,
             finetune=finetune, loaders=loaders, threads=args.threads,
             cost_measure=None if args.costs == "none" else args.costs)
     except (ValueError, ArithmeticError, RuntimeError) as err:  # bad settings, a diverging fine-tune, ...

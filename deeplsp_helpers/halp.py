@@ -42,7 +42,8 @@ from torch import nn
 
 from . import speedup
 from ._validate import PRUNABLE, check_batch, check_bool, check_ints, check_module
-from .latency_model import LatencyTable, _input_shapes, layer_widths
+from .channels import collapse_channels, coupled_groups, layer_widths, output_layers
+from .latency_model import LatencyTable, _input_shapes
 
 __all__ = ["taylor_bn_importance", "TaylorBNImportance", "knapsack_greedy", "knapsack_exact", "halp_prune"]
 
@@ -225,7 +226,7 @@ def _first_conv(model: nn.Module, x: torch.Tensor) -> nn.Module | None:
 
 def _plan_step(model, x, table, target_ms, importance, chunk, floors, ignored):
     """Greedy plan for one step: ``[(group, idxs to remove)]``."""
-    _, groups = speedup._groups(model, x, ignored)
+    _, groups = coupled_groups(model, x, ignored)
     widths = {n: list(w) for n, w in layer_widths(model).items()}
     kept, scores, lowest = [], [], []
     for group, effects in groups:
@@ -267,8 +268,6 @@ def halp_prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: f
         ValueError: before any work if the table predicts ``target_speedup`` cannot be reached (the message gives
             the maximum, :func:`deeplsp_helpers.speedup.reachable_speedup`), or on bad arguments.
     """
-    from .structured import collapse_channels, output_layers
-
     check_module(model)
     check_batch(example_inputs)
     speedup._check_request(target_speedup, "latency", max_pruning_ratio)
@@ -293,7 +292,7 @@ def halp_prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: f
                          f"{'first conv protected' if first is not None else 'first conv prunable'}; ask for less")
     dense_ms = table.predict_widths(layer_widths(model))
     floors = {}
-    for group, effects in speedup._groups(model, x1, ignored)[1]:
+    for group, effects in coupled_groups(model, x1, ignored)[1]:
         n = len(group[0].idxs)
         floors[tuple((name, d) for name, d, _ in effects)] = n - round_to * math.floor(n * max_pruning_ratio / round_to)
     report = {"dense_ms": dense_ms, "target_speedup": target_speedup, "reachable_speedup": top, "steps": []}

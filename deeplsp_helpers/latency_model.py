@@ -28,32 +28,15 @@ import torch
 from torch import nn
 
 from ._validate import PRUNABLE, check_batch, check_ints, check_module
+from .channels import is_depthwise, layer_widths, output_layers, prunable_dims, table_layers
 from .files import atomic_write, regular_file
 from .latency import time_calls
+
+_is_depthwise = is_depthwise  # the name other modules used before channels.py
 
 __all__ = ["LatencyTable", "layer_widths", "table_layers", "layer_costs"]
 
 FORMAT = 1
-
-
-def table_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The layers a latency table covers: every Conv2d and Linear, by name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
-
-
-def _is_depthwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
-
-
-def layer_widths(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """``{layer name: (input width, output width)}`` of every Conv2d/Linear, read off its weight."""
-    out = {}
-    for name, m in table_layers(model).items():
-        if isinstance(m, nn.Conv2d):
-            out[name] = (m.weight.shape[1] * m.groups, m.weight.shape[0])
-        else:
-            out[name] = (m.weight.shape[1], m.weight.shape[0])
-    return out
 
 
 def _grid(full: int, fixed: bool, round_to: int, points: int) -> list[int]:
@@ -102,8 +85,8 @@ def _input_shapes(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, l
 
 def _standalone(m: nn.Module, cin: int, cout: int) -> nn.Module:
     if isinstance(m, nn.Conv2d):
-        groups = cin if _is_depthwise(m) else 1
-        if _is_depthwise(m):
+        groups = cin if is_depthwise(m) else 1
+        if is_depthwise(m):
             cout = cin
         return nn.Conv2d(cin, cout, m.kernel_size, m.stride, m.padding, m.dilation, groups, m.bias is not None,
                          padding_mode=m.padding_mode).eval()
@@ -136,8 +119,6 @@ class LatencyTable:
             fixed: ``"name.in"`` / ``"name.out"`` dimensions that pruning never changes (e.g. the first
                 layer's input, the classifier's output); default: found with Torch-Pruning's dependency graph.
         """
-        from .speedup import prunable_dims  # the dependency graph decides which widths can change
-
         check_module(model)
         check_batch(example_inputs)
         check_ints(("round_to", round_to, 1), ("grid_points", grid_points, 2), ("threads", threads, 1),
@@ -150,13 +131,13 @@ class LatencyTable:
         movable = prunable_dims(model, example_inputs) if fixed is None else \
             {f"{n}.{d}" for n in layers for d in ("in", "out")} - set(fixed)
         dense = layer_widths(model)
-        grouped = [n for n, m in layers.items() if isinstance(m, nn.Conv2d) and m.groups > 1 and not _is_depthwise(m)]
+        grouped = [n for n, m in layers.items() if isinstance(m, nn.Conv2d) and m.groups > 1 and not is_depthwise(m)]
         if grouped:
             raise ValueError(f"grouped convolutions other than depthwise are not supported: {grouped}")
         entries, calls, cells = {}, [], []
         for name, m in layers.items():
             cin, cout = dense[name]
-            depthwise = _is_depthwise(m)
+            depthwise = is_depthwise(m)
             cin_grid = _grid(cin, f"{name}.in" not in movable and not depthwise, round_to, grid_points)
             cout_grid = [0] if depthwise else _grid(cout, f"{name}.out" not in movable, round_to, grid_points)
             in_shape, out_shape = shapes[name]
@@ -188,8 +169,6 @@ class LatencyTable:
         import copy
 
         import torch_pruning as tp
-
-        from .structured import output_layers
 
         variants = [copy.deepcopy(model).eval()]
         for ratio in (0.5, 0.75, 0.875):
@@ -343,7 +322,7 @@ def _check_contents(meta, layers, residual) -> None:
 
 def _signature(m: nn.Module) -> str:
     if isinstance(m, nn.Conv2d):
-        return f"Conv2d(k={tuple(m.kernel_size)}, s={tuple(m.stride)}, p={m.padding}, dw={_is_depthwise(m)})"
+        return f"Conv2d(k={tuple(m.kernel_size)}, s={tuple(m.stride)}, p={m.padding}, dw={is_depthwise(m)})"
     return "Linear"
 
 

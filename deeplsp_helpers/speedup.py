@@ -24,44 +24,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ._validate import PRUNABLE, check_fraction, check_ints
-from .latency_model import LatencyTable, _is_depthwise, layer_widths
+from ._validate import check_fraction, check_ints
+from .channels import collapse_channels, coupled_groups, layer_widths, prunable_dims  # noqa: F401 (prunable_dims: re-exported)
+from .latency_model import LatencyTable
 
 __all__ = ["prunable_dims", "reachable_speedup", "plan_to_speedup", "prune_to_speedup", "COSTS"]
 
 COSTS = ("latency", "macs", "none")
-
-
-def _groups(model, example_inputs, ignored_layers):
-    from .structured import output_layers
-
-    ignored = list(ignored_layers) if ignored_layers is not None else output_layers(model, example_inputs)
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-    names = {m: n for n, m in model.named_modules()}
-    groups = []
-    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE):
-        n_root = len(group[0].idxs)
-        effects = {}  # (layer, 0 = input width | 1 = output width) -> widths removed per channel of the group
-        for dep, idxs in group:
-            layer = dep.target.module
-            fn = getattr(dep.handler, "__name__", "")
-            if isinstance(layer, PRUNABLE) and layer in names:
-                per = max(1, len(idxs) // max(1, n_root))  # e.g. a flatten before a Linear: H*W inputs a channel
-                if fn.endswith("out_channels"):
-                    effects[names[layer], 1] = per
-                    if _is_depthwise(layer):  # depthwise: inputs go with outputs
-                        effects[names[layer], 0] = per
-                elif fn.endswith("in_channels"):
-                    effects[names[layer], 0] = per
-        if effects:
-            groups.append((group, sorted((n, d, per) for (n, d), per in effects.items())))
-    return dg, groups
-
-
-def prunable_dims(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None) -> set[str]:
-    """The ``"layer.in"`` / ``"layer.out"`` widths that channel pruning can change."""
-    _, groups = _groups(model, example_inputs, ignored_layers)
-    return {f"{n}.{'in' if d == 0 else 'out'}" for _, effects in groups for n, d, _ in effects}
 
 
 def _macs(widths, table: LatencyTable) -> float:
@@ -96,7 +65,7 @@ def _greedy_plan(model, example_inputs, target_speedup, table, cost, importance,
     was = model.training
     model.eval()
     try:
-        _, groups = _groups(model, example_inputs[:1], ignored_layers)
+        _, groups = coupled_groups(model, example_inputs[:1], ignored_layers)
         importance = importance or tp.importance.GroupMagnitudeImportance(p=1, normalizer="mean")
         scored = []
         for group, effects in groups:
@@ -198,8 +167,6 @@ def prune_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_spee
 
     Returns the plan of :func:`plan_to_speedup` (widths, predicted latency and speed-up).
     """
-    from .structured import collapse_channels
-
     _check_request(target_speedup, cost, max_pruning_ratio)  # before minutes of measuring, not after
     if table is None:
         table = LatencyTable.measure(model, example_inputs, round_to=round_to or 8, threads=threads)

@@ -20,7 +20,9 @@ import torch_pruning as tp
 from torch import nn
 
 from ._validate import PRUNABLE, check_batch, check_fraction, check_ints, check_module
+from .channels import collapse_channels, output_layers
 from .latency_model import layer_costs
+from .speedup import prune_to_speedup
 
 __all__ = ["collapse_channels", "output_layers", "LatencyAwareImportance", "structured_channel_pruning"]
 
@@ -28,96 +30,6 @@ __all__ = ["collapse_channels", "output_layers", "LatencyAwareImportance", "stru
 def _check(model, example_inputs):
     check_module(model)
     check_batch(example_inputs)
-
-
-def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Module]:
-    """The Conv2d/Linear layers whose output *is* the model's output (never pruned: they fix its shape)."""
-    _check(model, example_inputs)
-    produced = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out: produced.__setitem__(id(out), mod))
-             for m in model.modules() if isinstance(m, PRUNABLE)]
-    try:
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            out = model(example_inputs)
-            model.train(was)
-    finally:
-        for h in hooks:
-            h.remove()
-    outs = out if isinstance(out, (tuple, list)) else [out]
-    return [produced[id(o)] for o in outs if id(o) in produced]
-
-
-def _is_out_fn(dep) -> bool:
-    return getattr(dep.pruning_fn, "__name__", "") == "prune_out_channels"
-
-
-def _dead_mask(dep, idxs: list[int], atol: float) -> torch.Tensor:
-    """For one producing layer of a group: which of ``idxs`` give exactly nothing for a zero input."""
-    layer = dep.layer
-    idx = torch.as_tensor(idxs, dtype=torch.long)
-    if isinstance(layer, PRUNABLE):
-        dead = layer.weight.detach()[idx].flatten(1).abs().amax(1) <= atol
-        if layer.bias is not None:
-            dead &= layer.bias.detach()[idx].abs() <= atol
-        return dead
-    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-        # output for a zero input: beta - gamma * mean / sqrt(var + eps); a shift makes the channel constant, not dead
-        mean = layer.running_mean[idx] if layer.running_mean is not None else torch.zeros(len(idx))
-        var = layer.running_var[idx] if layer.running_var is not None else torch.ones(len(idx))
-        gamma = layer.weight.detach()[idx] if layer.affine else torch.ones(len(idx))
-        beta = layer.bias.detach()[idx] if layer.affine else torch.zeros(len(idx))
-        return (beta - gamma * mean / torch.sqrt(var + layer.eps)).abs() <= atol
-    return torch.ones(len(idx), dtype=torch.bool)  # ReLU, pooling, additions: zero in, zero out
-
-
-def collapse_channels(model: nn.Module, example_inputs: torch.Tensor, *, atol: float = 0.0,
-                      check_atol: float = 1e-5) -> dict[str, int]:
-    """Physically remove every dead output channel of every Conv2d (and dead Linear output feature).
-
-    A channel is dead when every layer that produces it (its conv, its BN, and any layer coupled to
-    it, e.g. through a residual addition) outputs exactly zero for it; then everything that consumes it
-    (the next conv's input channels, a linear layer's inputs) is trimmed too, through the dependency
-    graph. A zero filter followed by a BatchNorm whose shift is non-zero is a *constant* channel and is
-    kept. Activations must map 0 to 0 (ReLU does). The output layers are never touched.
-
-    The model is changed in place. Its outputs on ``example_inputs`` are checked to be unchanged
-    (max abs difference <= ``check_atol``), else ``RuntimeError``.
-    Returns ``{layer_name: channels removed}``.
-    """
-    _check(model, example_inputs)
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        before = model(example_inputs)
-    keep_out = set(map(id, output_layers(model, example_inputs)))
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-    names = {m: n for n, m in model.named_modules()}
-    removed: dict[str, int] = {}
-    for layer in [m for m in model.modules() if isinstance(m, PRUNABLE) and id(m) not in keep_out]:
-        w = layer.weight.detach()
-        cand = (w.flatten(1).abs().amax(1) <= atol).nonzero().flatten().tolist()
-        if not cand or len(cand) == w.shape[0]:
-            continue  # nothing dead, or the whole layer (removing it all would break the graph)
-        fn = tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
-        group = dg.get_pruning_group(layer, fn, idxs=cand)
-        alive = set()  # candidates that some coupled producer (BN shift, residual branch) keeps alive
-        for i, (dep, idxs) in enumerate(group):
-            if _is_out_fn(dep):
-                for root, is_dead in zip(group[i].root_idxs, _dead_mask(dep, list(idxs), atol).tolist()):
-                    if not is_dead:
-                        alive.add(root)
-        idxs = [c for c in cand if c not in alive]
-        if idxs and dg.check_pruning_group(group := dg.get_pruning_group(layer, fn, idxs=idxs)):
-            group.prune()
-            removed[names[layer]] = len(idxs)
-    with torch.no_grad():
-        diff = (model(example_inputs) - before).abs().max().item()
-    model.train(was)
-    if diff > check_atol:
-        raise RuntimeError(f"collapse_channels changed the outputs (max abs diff {diff:.2e}); a removed channel was not dead")
-    return removed
 
 
 class LatencyAwareImportance(tp.importance.GroupMagnitudeImportance):
@@ -206,8 +118,6 @@ def structured_channel_pruning(model: nn.Module, example_inputs: torch.Tensor, p
     if (pruning_ratio is None) == (target_speedup is None):
         raise ValueError("give exactly one of pruning_ratio and target_speedup")
     if target_speedup is not None:
-        from .speedup import prune_to_speedup
-
         prune_to_speedup(model, example_inputs, target_speedup, latency_table, cost=cost, importance=importance,
                          round_to=round_to, max_pruning_ratio=0.75 if max_pruning_ratio is None else max_pruning_ratio,
                          ignored_layers=ignored_layers)

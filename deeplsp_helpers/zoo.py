@@ -40,6 +40,7 @@ from . import seed_everything
 from ._validate import check_bool, check_ints
 from .files import atomic_write, atomic_write_or_rescue, check_free_space, regular_file
 from .models import MODEL_NAMES, build_model
+from .recipe import DeepLSPRecipe
 
 __all__ = ["RECIPES", "PRUNED_RECIPES", "ZOO_NAMES", "CheckpointError", "load_pretrained", "train_reference",
            "read_manifest", "verify"]
@@ -64,18 +65,10 @@ PRUNED_RECIPES = {
     # then a short fine-tune with distillation from the dense model
     "vgg_structured": dict(base="vgg", chapter="05", channel_ratio=0.5, finetune_epochs=2,
                            finetune_samples=30_000, lr=0.05, batch_size=128, distill=True),
-    # chapter 06: the DeepLSP pipeline at a requested 1.5x at batch size 1 (the largest request within 1 point
-    # on validation when this was made; 1.5x sits at about -0.96 points, so chapter 06's own choice varies
-    # between 1.25x and 1.5x from run to run with the latency table it measures): channels removed until this machine's latency table predicts 1.5x (cost "none", the
-    # one chosen on validation), 1 epoch of fine-tuning, sensitivity-adaptive unstructured pruning to 1/10.5 of the
-    # dense model's non-zero parameters (sensitivities on 512 training images), 1 more epoch, masks removed
-    "vgg_deeplsp": dict(base="vgg", chapter="06", target_speedup=1.5, cost="none", latency_repeats=50,
-                        nonzero_factor=10.5, calibration_images=512, finetune_epochs=2, finetune_samples=15_000,
-                        lr=0.05, batch_size=128, distill=True),
-    # chapter 06's recipe on ResNet, at the same request (chapter 06 loads it rather than rebuilding it)
-    "resnet_deeplsp": dict(base="resnet", chapter="06", target_speedup=1.5, cost="none", latency_repeats=50,
-                           nonzero_factor=10.5, calibration_images=512, finetune_epochs=2, finetune_samples=15_000,
-                           lr=0.05, batch_size=128, distill=True),
+    # chapter 06's DeepLSP recipe (deeplsp_helpers.recipe.DeepLSPRecipe, the defaults) at a requested 1.5x at batch
+    # size 1, on VGG and on ResNet; chapter 06 loads resnet_deeplsp rather than rebuilding it
+    "vgg_deeplsp": dict(base="vgg", chapter="06", **DeepLSPRecipe(target_speedup=1.5).as_record()),
+    "resnet_deeplsp": dict(base="resnet", chapter="06", **DeepLSPRecipe(target_speedup=1.5).as_record()),
 }
 ZOO_NAMES = MODEL_NAMES + tuple(PRUNED_RECIPES)
 
@@ -325,9 +318,8 @@ def _make_pruned(name: str, directory: Path, progress: bool | None, force: bool 
 
     import torch_pruning as tp
 
-    from . import data, deeplsp, latency_model, metrics, train
+    from . import data, metrics, train
     from .serialization import save_pruned
-    from .speedup import prune_to_speedup
 
     recipe = PRUNED_RECIPES[name]
     start = time.perf_counter()
@@ -346,23 +338,7 @@ def _make_pruned(name: str, directory: Path, progress: bool | None, force: bool 
                         progress=progress)
         sparse = False
     else:
-        table = latency_model.LatencyTable.measure(dense, x1, threads=1, repeats=recipe["latency_repeats"])
-        prune_to_speedup(model, x1, recipe["target_speedup"], table, cost=recipe["cost"])
-        ft_data = train.with_teacher_outputs(dense, data.subset(splits.train, recipe["finetune_samples"]))
-        first = recipe["finetune_epochs"] // 2
-
-        def finetune(epochs, seed):
-            seed_everything(seed)
-            train.fine_tune(model, data.BatchLoader(ft_data, recipe["batch_size"], shuffle=True, seed=seed),
-                            num_epochs=epochs, lr=recipe["lr"], progress=progress)
-
-        finetune(first, 0)
-        calib = data.calibration_batches(splits.train, n_batches=recipe["calibration_images"] // 64, batch_size=64)
-        sensitivities = deeplsp.compute_sensitivity(model, calib)
-        sparsity = deeplsp.sparsity_for_nonzero_factor(model, dense, recipe["nonzero_factor"])
-        deeplsp.prune_sensitivity_adaptive(model, sensitivities, sparsity)
-        finetune(recipe["finetune_epochs"] - first, 1)  # masks attached: zeros stay zero
-        deeplsp.remove_pruning_masks(model)
+        model, _ = DeepLSPRecipe.from_record(recipe).run(dense, splits, progress=progress)
         sparse = True
     model.eval()
     val_acc = train.evaluate(model, loaders.val)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from deeplsp_helpers import models, serialization, speedup
+from deeplsp_helpers import channels, models, serialization, speedup
 from deeplsp_helpers.latency_model import LatencyTable, layer_widths
 
 X = torch.randn(2, 1, 28, 28)
@@ -165,7 +165,7 @@ def test_widths_through_a_flatten_are_counted_per_channel():
     # LeNet: conv2 (16 channels of 4x4) feeds fc1 through a flatten: one channel is 16 of fc1's inputs
     model = models.LeNet().eval()
     x = torch.randn(1, 1, 28, 28)
-    _, groups = speedup._groups(model, x, None)
+    _, groups = channels.coupled_groups(model, x, None)
     conv2 = next(effects for _, effects in groups if ("conv2", 1, 1) in effects)
     assert ("fc1", 0, 16) in conv2
     t = _synthetic(LatencyTable.measure(model, x, round_to=4, grid_points=3, repeats=3))
