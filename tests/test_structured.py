@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch_pruning as tp
@@ -174,3 +176,13 @@ def test_structured_pruning_options_round_to_ignored_layers_cap_and_steps():
         structured.structured_channel_pruning(models.VGG(), X[:1], 0.5, max_pruning_ratio=0.4)
     with pytest.raises(ValueError, match="exactly one"):
         structured.structured_channel_pruning(models.VGG(), X[:1])
+
+
+def test_the_default_importance_is_plain_l1_group_magnitude():
+    torch.manual_seed(0)
+    a = _randomise_bn(models.build_model("vgg"))
+    b = copy.deepcopy(a)
+    structured.structured_channel_pruning(a, X[:1], 0.4)
+    structured.structured_channel_pruning(b, X[:1], 0.4, importance=tp.importance.GroupMagnitudeImportance(p=1))
+    assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
