@@ -12,6 +12,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ._modes import eval_mode
 from ._validate import PRUNABLE, check_module
 
 __all__ = ["prunable_layers", "random_scores", "magnitude", "gradient", "taylor", "obd", "bn_scale"]
@@ -47,18 +48,14 @@ def _per_batch_grads(model: nn.Module, batches: Iterable, layers: dict[str, nn.M
     """Yield ``{name: dL/dw}`` for every (X, y) batch, in eval mode, the model's mode restored after."""
     if batches is None or not hasattr(batches, "__iter__"):
         raise TypeError("batches must be an iterable of (X, y) calibration batches")
-    was = model.training
-    model.eval()
     weights = [m.weight for m in layers.values()]
     count = 0
-    try:
+    with eval_mode(model):
         for X, y in batches:
             loss = nn.functional.cross_entropy(model(X), y)
             grads = torch.autograd.grad(loss, weights)
             count += 1
             yield dict(zip(layers, grads))
-    finally:
-        model.train(was)
     if count == 0:
         raise ValueError("batches is empty: give at least one (X, y) calibration batch")
 

@@ -39,6 +39,7 @@ from onnxruntime.quantization import (
 from torch import nn
 from torch.nn.utils import prune
 
+from ._modes import eval_mode
 from ._validate import check_batch, check_ints, check_labels, check_module
 from .files import atomic_write
 
@@ -107,16 +108,11 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.P
             "'weight') on each layer), so that the file holds one plain weight per layer")
     axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
     buf = io.BytesIO()
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
-            torch.onnx.export(model, (example_inputs,), buf, input_names=["input"], output_names=["output"],
-                              dynamic_axes=axes, opset_version=opset, **_TORCHSCRIPT_EXPORTER)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+        torch.onnx.export(model, (example_inputs,), buf, input_names=["input"], output_names=["output"],
+                          dynamic_axes=axes, opset_version=opset, **_TORCHSCRIPT_EXPORTER)
     onnx.checker.check_model(onnx.load_from_string(buf.getvalue()))
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
 
@@ -178,13 +174,8 @@ def max_abs_difference(model: nn.Module, session, inputs: torch.Tensor) -> float
     check_module(model)
     check_batch(inputs, "inputs")
     ort_model = _as_ort_model(session)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            expected = model(inputs).float().cpu()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        expected = model(inputs).float().cpu()
     got = ort_model(inputs)
     if got.shape != expected.shape:
         raise ValueError(f"the session's output has shape {tuple(got.shape)}, the model's {tuple(expected.shape)}")

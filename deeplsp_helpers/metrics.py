@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from ._modes import eval_mode
 from ._validate import PRUNABLE, check_module
 
 __all__ = ["sparsity", "model_sparsity", "count_parameters", "model_size", "count_macs", "summarize",
@@ -117,13 +118,8 @@ def count_macs(model: nn.Module, inputs) -> int:
     check_module(model)
     x = _example_inputs(inputs)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            macs = profile_macs(model, x.to(device))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        macs = profile_macs(model, x.to(device))
     return int(math.ceil(macs / x.shape[0]))
 
 
@@ -137,12 +133,7 @@ def summarize(model: nn.Module, input_size: tuple = (1, 28, 28), device: torch.d
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
     buf = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buf), torch.no_grad():
-            summary(model, tuple(input_size), device=device.type)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), contextlib.redirect_stdout(buf), torch.no_grad():
+        summary(model, tuple(input_size), device=device.type)
     return buf.getvalue().rstrip()

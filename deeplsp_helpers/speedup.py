@@ -24,6 +24,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ._modes import eval_mode
 from ._validate import PRUNABLE, check_fraction, check_ints
 from .latency_model import LatencyTable, _is_depthwise, layer_widths
 
@@ -93,9 +94,7 @@ def _greedy_plan(model, example_inputs, target_speedup, table, cost, importance,
                          f"not {list(example_inputs.shape[1:])}")
     round_to = table.meta["round_to"] if round_to is None else round_to  # 0 is an error, not "the default"
     check_ints(("round_to", round_to, 1))
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         _, groups = _groups(model, example_inputs[:1], ignored_layers)
         importance = importance or tp.importance.GroupMagnitudeImportance(p=1, normalizer="mean")
         scored = []
@@ -108,8 +107,6 @@ def _greedy_plan(model, example_inputs, target_speedup, table, cost, importance,
             most = round_to * math.floor(n * max_pruning_ratio / round_to)
             cum = torch.cat([torch.zeros(1), torch.cumsum(imp.detach().float().cpu()[order], 0)])
             scored.append({"group": group, "effects": effects, "order": order, "most": most, "cum": cum, "k": 0})
-    finally:
-        model.train(was)
     widths = {n: list(w) for n, w in layer_widths(model).items()}
     dense_ms = table.predict_widths(widths)
     goal = dense_ms / target_speedup

@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import get_device
+from ._modes import eval_mode
 from ._validate import check_bool, check_ints, check_labels, check_module
 
 __all__ = ["evaluate", "train", "fine_tune", "distillation_loss", "progress_enabled", "with_teacher_outputs",
@@ -107,34 +108,24 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
     check_module(model)
     _check_loader(loader, "loader")
     device = torch.device(device) if device is not None else _model_device(model)
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    try:
-        with channels_last(model, device.type == "cpu") as cl, torch.inference_mode():
-            for batch in loader:
-                X, y = batch[0], batch[1]
-                y_hat = model(_to_input(X, device, cl))
-                check_labels(y, y_hat, "the loader's labels y")  # [N, 1] or one-hot labels: a wrong number, no error
-                correct += (y_hat.argmax(1) == y.to(device)).sum().item()
-                total += len(y)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), channels_last(model, device.type == "cpu") as cl, torch.inference_mode():
+        for batch in loader:
+            X, y = batch[0], batch[1]
+            y_hat = model(_to_input(X, device, cl))
+            check_labels(y, y_hat, "the loader's labels y")  # [N, 1] or one-hot labels: a wrong number, no error
+            correct += (y_hat.argmax(1) == y.to(device)).sum().item()
+            total += len(y)
     if total == 0:
         raise ValueError("loader yielded no samples")
     return 100.0 * correct / total
 
 
 def _logits(model: nn.Module, X: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    was = model.training
-    model.eval()
     device = _model_device(model)
-    try:
-        with channels_last(model, device.type == "cpu") as cl, torch.inference_mode():
-            return torch.cat([model(_to_input(X[i:i + batch_size], device, cl)).float().cpu()
-                              for i in range(0, len(X), batch_size)])
-    finally:
-        model.train(was)
+    with eval_mode(model), channels_last(model, device.type == "cpu") as cl, torch.inference_mode():
+        return torch.cat([model(_to_input(X[i:i + batch_size], device, cl)).float().cpu()
+                          for i in range(0, len(X), batch_size)])
 
 
 def with_teacher_outputs(teacher: nn.Module, dataset):
