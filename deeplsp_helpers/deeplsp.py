@@ -29,6 +29,7 @@ from . import criteria, metrics
 from ._validate import check_fraction, check_ints, check_module
 from .criteria import prunable_layers
 from .latency import compare_speedups
+from .masks import pruned_tensors
 from .structured import LatencyAwareImportance, structured_channel_pruning
 
 __all__ = ["compute_sensitivity", "prune_sensitivity_adaptive", "prune_latency_aware", "apply_unstructured_pruning",
@@ -172,9 +173,8 @@ def remove_pruning_masks(model: nn.Module) -> nn.Module:
     """Make every prune mask permanent: plain ``weight`` parameters, no ``*_orig``/``*_mask`` keys, no hooks."""
     check_module(model)
     for m in model.modules():
-        for name, _ in list(m.named_parameters(recurse=False)):
-            if name.endswith("_orig") and prune.is_pruned(m):
-                prune.remove(m, name[:-len("_orig")])
+        for name in pruned_tensors(m):
+            prune.remove(m, name)
     return model
 
 

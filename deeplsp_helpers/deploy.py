@@ -37,11 +37,11 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from torch import nn
-from torch.nn.utils import prune
 
 from ._modes import eval_mode
 from ._validate import check_batch, check_ints, check_labels, check_module
 from .files import atomic_write
+from .masks import masked_layers
 
 __all__ = ["export_onnx", "ort_session", "OrtModel", "max_abs_difference", "ort_accuracy", "quantize_int8",
            "file_size", "zipped_size"]
@@ -49,18 +49,6 @@ __all__ = ["export_onnx", "ort_session", "OrtModel", "max_abs_difference", "ort_
 DEFAULT_OPSET = 17  # ONNX Runtime runs it; per-channel int8 needs >= 13
 # torch >= 2.5 has two exporters and, from 2.9, defaults to the torch.export-based one, which needs onnxscript
 _TORCHSCRIPT_EXPORTER = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-
-
-def _masked_layers(model: nn.Module) -> list[str]:
-    """Names of the modules that hold a ``torch.nn.utils.prune`` mask: a pruning forward pre-hook, or the pair it
-    leaves (a buffer ``<name>_mask`` next to a parameter ``<name>_orig``). Other buffers whose name ends in
-    ``_mask`` (an attention mask, say) do not count."""
-    def pruned_pair(m):
-        params = {p for p, _ in m.named_parameters(recurse=False)}
-        return any(b.endswith("_mask") and f"{b[:-len('_mask')]}_orig" in params for b, _ in m.named_buffers(recurse=False))
-
-    return [name or type(m).__name__ for name, m in model.named_modules()
-            if any(isinstance(h, prune.BasePruningMethod) for h in m._forward_pre_hooks.values()) or pruned_pair(m)]
 
 
 def _check_path(path, name: str = "path") -> Path:
@@ -100,7 +88,7 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.P
     check_ints(("opset", opset, 13))
     if not isinstance(dynamic_batch, bool):
         raise TypeError(f"dynamic_batch must be True or False, got {dynamic_batch!r}")
-    masked = _masked_layers(model)
+    masked = [n or "the model itself" for n in masked_layers(model)]
     if masked:
         raise ValueError(
             f"the model still carries torch.nn.utils.prune masks (in {', '.join(masked)}): remove them before "

@@ -11,10 +11,35 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
+from torch.nn.utils import prune
 
-from ._validate import check_fraction
+from ._validate import check_fraction, check_module
 
-__all__ = ["fine_grained_mask", "nm_mask", "vector_mask", "kernel_mask", "filter_mask", "channel_mask"]
+__all__ = ["fine_grained_mask", "nm_mask", "vector_mask", "kernel_mask", "filter_mask", "channel_mask",
+           "pruned_tensors", "masked_layers"]
+
+
+def pruned_tensors(module: nn.Module) -> list[str]:
+    """Names of ``module``'s own tensors that carry a ``torch.nn.utils.prune`` mask: each one a pruning forward
+    pre-hook recomputes, and each one stored as the pair that pruning leaves (a parameter ``<name>_orig`` next to a
+    buffer ``<name>_mask``, e.g. after the hook was deleted). A buffer merely named ``..._mask`` (an attention mask,
+    say) is not a prune mask. Submodules are not looked at: see :func:`masked_layers`."""
+    check_module(module, "module")
+    names = [h._tensor_name for h in module._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
+    params = {p for p, _ in module.named_parameters(recurse=False)}
+    for b, _ in module.named_buffers(recurse=False):
+        base = b[:-len("_mask")]
+        if b.endswith("_mask") and f"{base}_orig" in params and base not in names:
+            names.append(base)
+    return names
+
+
+def masked_layers(model: nn.Module) -> list[str]:
+    """Names (as ``model.named_modules()`` gives them, ``""`` for the model itself) of the modules that still carry
+    a ``torch.nn.utils.prune`` mask on any of their tensors (:func:`pruned_tensors`); empty when none does."""
+    check_module(model)
+    return [name for name, m in model.named_modules() if pruned_tensors(m)]
 
 
 def _check_tensor(w, min_ndim: int = 1, exact_ndim: int | None = None, what: str = "weight") -> torch.Tensor:

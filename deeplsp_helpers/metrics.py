@@ -17,6 +17,7 @@ from torch import nn
 
 from ._modes import eval_mode
 from ._validate import PRUNABLE, check_module
+from .masks import pruned_tensors
 
 __all__ = ["sparsity", "model_sparsity", "count_parameters", "model_size", "count_macs", "summarize",
            "effective_parameters", "weight_sparsity", "layer_sparsities"]
@@ -40,9 +41,10 @@ def effective_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]
     """``(name, tensor)`` for every parameter, with pruned ``*_orig`` parameters replaced by their masked value."""
     check_module(model)
     for mod_name, module in model.named_modules():
+        pruned = pruned_tensors(module)
         for p_name, p in module.named_parameters(recurse=False):
             full = f"{mod_name}.{p_name}" if mod_name else p_name
-            if p_name.endswith("_orig") and hasattr(module, p_name[: -len("_orig")] + "_mask"):
+            if p_name.endswith("_orig") and p_name[: -len("_orig")] in pruned:
                 base = p_name[: -len("_orig")]
                 yield (f"{mod_name}.{base}" if mod_name else base), getattr(module, base)
             else:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from deeplsp_helpers import deploy, latency
+from deeplsp_helpers import deploy, latency, masks
 from deeplsp_helpers.deeplsp import remove_pruning_masks
 
 
@@ -62,12 +62,12 @@ def test_model_with_prune_masks_is_refused_until_they_are_removed(tmp_path):
 def test_a_buffer_named_like_a_mask_is_not_a_prune_mask(tmp_path):
     model = tiny_convnet()
     model.register_buffer("attention_mask", torch.ones(3))  # not left by torch.nn.utils.prune
-    assert deploy._masked_layers(model) == []
+    assert masks.masked_layers(model) == []
     prune.l1_unstructured(model[4], "bias", amount=0.5)
-    assert deploy._masked_layers(model) == ["4"]
+    assert masks.masked_layers(model) == ["4"]
     for hook in list(model[4]._forward_pre_hooks):         # the hook gone, the weight_orig/weight_mask pair left
         del model[4]._forward_pre_hooks[hook]
-    assert deploy._masked_layers(model) == ["4"]
+    assert masks.masked_layers(model) == ["4"]
 
 
 def test_bad_inputs_are_rejected(tmp_path, exported):
