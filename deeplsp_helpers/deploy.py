@@ -39,7 +39,7 @@ from onnxruntime.quantization import (
 from torch import nn
 
 from ._modes import eval_mode
-from ._validate import check_batch, check_ints, check_labels, check_module
+from ._validate import check_batch, check_bool, check_ints, check_labels, check_module
 from .files import atomic_write
 from .masks import masked_layers
 
@@ -65,7 +65,8 @@ def _existing_file(path, name: str = "path") -> Path:
 
 
 def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.PathLike, *,
-                dynamic_batch: bool = True, opset: int = DEFAULT_OPSET) -> Path:
+                dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, input_name: str = "input",
+                output_name: str = "output") -> Path:
     """Write ``model`` (in eval mode) as an ONNX file at ``path``, atomically; returns the path.
 
     Uses PyTorch's TorchScript-based exporter (``dynamo=False``; deprecated by PyTorch, which now defaults to its
@@ -75,6 +76,8 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.P
     BatchNorm into the convolution before it. Its deprecation warning is
     silenced here. With ``dynamic_batch`` the first dimension of the input and output is named ``batch`` and
     left free, so the file runs any batch size; the other dimensions are fixed to ``example_inputs``'s.
+    ``input_name`` and ``output_name`` name the graph's input and output (what a session's ``run`` is fed and
+    returns).
 
     Raises:
         ValueError: the model still carries ``torch.nn.utils.prune`` masks (``weight_orig`` and
@@ -86,20 +89,24 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.P
     check_batch(example_inputs)
     path = _check_path(path)
     check_ints(("opset", opset, 13))
-    if not isinstance(dynamic_batch, bool):
-        raise TypeError(f"dynamic_batch must be True or False, got {dynamic_batch!r}")
+    check_bool(dynamic_batch, "dynamic_batch")
+    for name, value in (("input_name", input_name), ("output_name", output_name)):
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"{name} must be a non-empty string, got {value!r}")
+    if input_name == output_name:
+        raise ValueError(f"input_name and output_name must differ, both are {input_name!r}")
     masked = [n or "the model itself" for n in masked_layers(model)]
     if masked:
         raise ValueError(
             f"the model still carries torch.nn.utils.prune masks (in {', '.join(masked)}): remove them before "
             "export with deeplsp_helpers.deeplsp.remove_pruning_masks(model) (or torch.nn.utils.prune.remove(module, "
             "'weight') on each layer), so that the file holds one plain weight per layer")
-    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    axes = {input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
     buf = io.BytesIO()
     with eval_mode(model), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
-        torch.onnx.export(model, (example_inputs,), buf, input_names=["input"], output_names=["output"],
+        torch.onnx.export(model, (example_inputs,), buf, input_names=[input_name], output_names=[output_name],
                           dynamic_axes=axes, opset_version=opset, **_TORCHSCRIPT_EXPORTER)
     onnx.checker.check_model(onnx.load_from_string(buf.getvalue()))
     return atomic_write(path, lambda f: f.write(buf.getvalue()))

@@ -40,6 +40,18 @@ def test_exported_model_matches_pytorch_at_two_batch_sizes(exported):
     assert model.training
 
 
+def test_export_names_the_graph_input_and_output(tmp_path):
+    path = deploy.export_onnx(tiny_convnet(), torch.randn(1, 1, 28, 28), tmp_path / "m.onnx", input_name="pixels",
+                              output_name="scores")
+    session = deploy.ort_session(path)
+    assert [i.name for i in session.get_inputs()] == ["pixels"] and [o.name for o in session.get_outputs()] == ["scores"]
+    assert session.get_inputs()[0].shape[0] == "batch"
+    with pytest.raises(TypeError, match="input_name"):
+        deploy.export_onnx(tiny_convnet(), torch.randn(1, 1, 28, 28), tmp_path / "n.onnx", input_name="")
+    with pytest.raises(ValueError, match="differ"):
+        deploy.export_onnx(tiny_convnet(), torch.randn(1, 1, 28, 28), tmp_path / "n.onnx", output_name="input")
+
+
 def test_fixed_batch_export_refuses_another_batch_size(tmp_path):
     path = deploy.export_onnx(tiny_convnet(), torch.randn(2, 1, 28, 28), tmp_path / "m.onnx", dynamic_batch=False)
     ort_model = deploy.OrtModel(deploy.ort_session(path))
