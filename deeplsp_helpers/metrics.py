@@ -20,7 +20,7 @@ from ._validate import PRUNABLE, check_module
 from .masks import pruned_tensors
 
 __all__ = ["sparsity", "model_sparsity", "count_parameters", "model_size", "count_macs", "summarize",
-           "effective_parameters", "weight_sparsity", "layer_sparsities"]
+           "effective_parameters", "weight_sparsity", "layer_sparsities", "conv_widths"]
 
 
 def _check_tensor(t, name: str = "tensor") -> torch.Tensor:
@@ -81,6 +81,12 @@ def layer_sparsities(model: nn.Module, types: Sequence[type] = PRUNABLE) -> dict
     """``{layer_name: sparsity of its weight}`` for every layer of the given types."""
     check_module(model)
     return {name: sparsity(m.weight) for name, m in model.named_modules() if isinstance(m, tuple(types))}
+
+
+def conv_widths(model: nn.Module) -> list[int]:
+    """Output channels of every ``Conv2d``, in ``model.modules()`` order: the widths structured pruning changes."""
+    check_module(model)
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
 def model_size(model: nn.Module, data_width: int = 32, nonzero_only: bool = False) -> int:
