@@ -26,6 +26,27 @@ def check_batch(x, name: str = "example_inputs") -> None:
         raise TypeError(f"{name} must be a batch tensor [N, ...], e.g. torch.randn(1, 1, 28, 28)")
 
 
+def check_tensor(t, name: str = "tensor", *, floating: bool = False, ndim: int | None = None, min_ndim: int = 0,
+                 dims: str = "", finite: bool = False) -> torch.Tensor:
+    """``t.detach()`` if ``t`` is a non-empty tensor; ``floating``: of a floating-point dtype; ``ndim``: with exactly
+    that many dimensions (``dims`` names them in the message, e.g. ``" [out_features, in_features]"``);
+    ``min_ndim``: at least that many; ``finite``: no NaN or infinity. ``TypeError`` for a non-tensor or a wrong
+    dtype, ``ValueError`` otherwise."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if floating and not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if ndim is not None and t.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions{dims}, got shape {tuple(t.shape)}")
+    if t.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty")
+    if finite:
+        check_finite(t, name)
+    return t.detach()
+
+
 def check_ints(*specs: tuple[str, object, int]) -> None:
     """``ValueError`` unless each ``(name, value, lowest)`` has an int ``value >= lowest`` (bools refused)."""
     for name, v, lo in specs:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ._validate import check_fraction, check_module
+from ._validate import check_fraction, check_module, check_tensor
 
 __all__ = ["fine_grained_mask", "nm_mask", "vector_mask", "kernel_mask", "filter_mask", "channel_mask",
            "pruned_tensors", "masked_layers"]
@@ -40,20 +40,6 @@ def masked_layers(model: nn.Module) -> list[str]:
     a ``torch.nn.utils.prune`` mask on any of their tensors (:func:`pruned_tensors`); empty when none does."""
     check_module(model)
     return [name for name, m in model.named_modules() if pruned_tensors(m)]
-
-
-def _check_tensor(w, min_ndim: int = 1, exact_ndim: int | None = None, what: str = "weight") -> torch.Tensor:
-    if not isinstance(w, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
-    if not w.is_floating_point():
-        raise TypeError(f"{what} must be a floating-point tensor, got {w.dtype}")
-    if exact_ndim is not None and w.ndim != exact_ndim:
-        raise ValueError(f"{what} must have {exact_ndim} dimensions, got shape {tuple(w.shape)}")
-    if w.ndim < min_ndim:
-        raise ValueError(f"{what} must have at least {min_ndim} dimension(s), got shape {tuple(w.shape)}")
-    if w.numel() == 0:
-        raise ValueError(f"{what} is empty")
-    return w.detach()
 
 
 def _check_sparsity(sparsity) -> float:
@@ -83,7 +69,7 @@ def fine_grained_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
     Magnitude pruning as in Han et al., "Learning both Weights and Connections for Efficient Neural
     Networks", arXiv:1506.02626.
     """
-    w = _check_tensor(w)
+    w = check_tensor(w, "weight", floating=True, min_ndim=1)
     return _keep_top(w.abs(), _check_sparsity(sparsity)).to(w.dtype)
 
 
@@ -94,7 +80,7 @@ def nm_mask(w: torch.Tensor, n: int = 2, m: int = 4, dim: int = -1) -> torch.Ten
     ``min(n, r)``. 2:4 is the pattern NVIDIA's sparse tensor cores accelerate (Mishra et al.,
     "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378).
     """
-    w = _check_tensor(w)
+    w = check_tensor(w, "weight", floating=True, min_ndim=1)
     for name, v in (("n", n), ("m", m)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -125,7 +111,7 @@ def vector_mask(w: torch.Tensor, sparsity: float, dim: int = -1, p: float = 2) -
 
     For a convolution weight ``[out, in, kh, kw]`` and ``dim=-1`` a vector is one row of a kernel.
     """
-    w = _check_tensor(w, min_ndim=2)
+    w = check_tensor(w, "weight", floating=True, min_ndim=2)
     if not -w.ndim <= dim < w.ndim:
         raise ValueError(f"dim {dim} is out of range for a {w.ndim}-D tensor")
     return _group_mask(w, _check_sparsity(sparsity), (dim % w.ndim,), _check_p(p))
@@ -133,7 +119,7 @@ def vector_mask(w: torch.Tensor, sparsity: float, dim: int = -1, p: float = 2) -
 
 def kernel_mask(w: torch.Tensor, sparsity: float, p: float = 2) -> torch.Tensor:
     """Remove whole 2-D kernels ``w[o, i]`` of a convolution weight ``[out, in, kh, kw]``, lowest Lp norm first."""
-    w = _check_tensor(w, exact_ndim=4, what="convolution weight [out, in, kh, kw]")
+    w = check_tensor(w, "convolution weight", floating=True, ndim=4, dims=" [out, in, kh, kw]")
     return _group_mask(w, _check_sparsity(sparsity), (2, 3), _check_p(p))
 
 
@@ -142,7 +128,7 @@ def filter_mask(w: torch.Tensor, sparsity: float, p: float = 2) -> torch.Tensor:
 
     Filter pruning as in Li et al., "Pruning Filters for Efficient ConvNets", arXiv:1608.08710.
     """
-    w = _check_tensor(w, min_ndim=2)
+    w = check_tensor(w, "weight", floating=True, min_ndim=2)
     return _group_mask(w, _check_sparsity(sparsity), tuple(range(1, w.ndim)), _check_p(p))
 
 
@@ -152,5 +138,5 @@ def channel_mask(w: torch.Tensor, sparsity: float, p: float = 2) -> torch.Tensor
     Channel pruning as in He et al., "Channel Pruning for Accelerating Very Deep Neural Networks",
     arXiv:1707.06168 (which selects channels by reconstruction; here by norm).
     """
-    w = _check_tensor(w, min_ndim=2)
+    w = check_tensor(w, "weight", floating=True, min_ndim=2)
     return _group_mask(w, _check_sparsity(sparsity), (0,) + tuple(range(2, w.ndim)), _check_p(p))

@@ -16,24 +16,16 @@ import torch
 from torch import nn
 
 from ._modes import eval_mode
-from ._validate import PRUNABLE, check_module
+from ._validate import PRUNABLE, check_module, check_tensor
 from .masks import pruned_tensors
 
 __all__ = ["sparsity", "model_sparsity", "count_parameters", "model_size", "count_macs", "summarize",
            "effective_parameters", "weight_sparsity", "layer_sparsities", "conv_widths"]
 
 
-def _check_tensor(t, name: str = "tensor") -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.numel() == 0:
-        raise ValueError(f"{name} is empty")
-    return t
-
-
 def sparsity(t: torch.Tensor) -> float:
     """Fraction of exactly-zero entries, in [0, 1]."""
-    t = _check_tensor(t)
+    t = check_tensor(t, "tensor")
     return 1.0 - t.count_nonzero().item() / t.numel()
 
 
