@@ -281,8 +281,7 @@ def zipped_size(path: str | os.PathLike, level: int = 9) -> int:
     """Size in bytes of a zip archive (deflate, ``level`` 0-9) holding the file at ``path``: what it costs to
     ship. Runs of zeros, e.g. weights removed by unstructured pruning, compress to almost nothing."""
     path = _existing_file(path)
-    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 9:
-        raise ValueError(f"level must be an int in 0..9, got {level!r}")
+    check_ints(("level", level, 0, 9))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as z:
         z.write(path, arcname=path.name)

@@ -42,7 +42,7 @@ from torch import nn
 
 from . import speedup
 from ._modes import eval_mode, train_mode
-from ._validate import PRUNABLE, check_batch, check_bool, check_ints, check_module
+from ._validate import PRUNABLE, check_batch, check_bool, check_ints, check_module, check_number
 from .latency_model import LatencyTable, _input_shapes, layer_widths
 
 __all__ = ["taylor_bn_importance", "TaylorBNImportance", "knapsack_greedy", "knapsack_exact", "halp_prune"]
@@ -139,8 +139,7 @@ class TaylorBNImportance:
 
 
 def _prepare(scores, budget, chunk, lowest):
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
-        raise ValueError(f"budget must be a positive number of ms, got {budget!r}")
+    check_number(budget, "budget", 0, hint=" (ms)")
     check_ints(("chunk", chunk, 1))
     cums = [np.concatenate([[0.0], np.cumsum(np.sort(np.asarray(s, dtype=float).ravel())[::-1])]) for s in scores]
     sizes = [len(c) - 1 for c in cums]

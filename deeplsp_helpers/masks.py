@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ._validate import check_fraction, check_module, check_tensor
+from ._validate import check_fraction, check_ints, check_module, check_number, check_tensor
 
 __all__ = ["fine_grained_mask", "nm_mask", "vector_mask", "kernel_mask", "filter_mask", "channel_mask",
            "pruned_tensors", "masked_layers"]
@@ -47,9 +47,7 @@ def _check_sparsity(sparsity) -> float:
 
 
 def _check_p(p) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
-        raise ValueError(f"p must be a positive number (1 for L1, 2 for L2), got {p!r}")
-    return float(p)
+    return check_number(p, "p", 0, hint=" (1 for L1, 2 for L2)")
 
 
 def _keep_top(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -81,9 +79,7 @@ def nm_mask(w: torch.Tensor, n: int = 2, m: int = 4, dim: int = -1) -> torch.Ten
     "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378).
     """
     w = check_tensor(w, "weight", floating=True, min_ndim=1)
-    for name, v in (("n", n), ("m", m)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    check_ints(("n", n, 1), ("m", m, 1))
     if n > m:
         raise ValueError(f"N:M needs n <= m, got n={n}, m={m}")
     if not -w.ndim <= dim < w.ndim:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ._modes import eval_mode
-from ._validate import PRUNABLE, check_module, check_tensor
+from ._validate import PRUNABLE, check_ints, check_module, check_tensor
 from .masks import pruned_tensors
 
 __all__ = ["sparsity", "model_sparsity", "count_parameters", "model_size", "count_macs", "summarize",
@@ -87,8 +87,7 @@ def model_size(model: nn.Module, data_width: int = 32, nonzero_only: bool = Fals
     Divide by 8 * 1024**2 for MiB. With ``nonzero_only`` it is the payload of a sparse format
     *without* its indices, a lower bound on what sparse storage costs.
     """
-    if isinstance(data_width, bool) or not isinstance(data_width, int) or data_width <= 0:
-        raise ValueError(f"data_width must be a positive int number of bits, got {data_width!r}")
+    check_ints(("data_width (bits)", data_width, 1))
     return count_parameters(model, nonzero_only=nonzero_only) * data_width
 
 

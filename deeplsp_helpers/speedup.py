@@ -25,7 +25,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ._modes import eval_mode
-from ._validate import PRUNABLE, check_fraction, check_ints
+from ._validate import PRUNABLE, check_fraction, check_ints, check_number
 from .latency_model import LatencyTable, _is_depthwise, layer_widths
 
 __all__ = ["prunable_dims", "reachable_speedup", "plan_to_speedup", "prune_to_speedup", "COSTS"]
@@ -74,9 +74,7 @@ def _macs(widths, table: LatencyTable) -> float:
 
 
 def _check_request(target_speedup, cost, max_pruning_ratio) -> None:
-    if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) \
-            or not math.isfinite(target_speedup) or target_speedup <= 1:
-        raise ValueError(f"target_speedup must be a number > 1, got {target_speedup!r}")
+    check_number(target_speedup, "target_speedup", 1)
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
     check_fraction(max_pruning_ratio, "max_pruning_ratio", low_open=True)

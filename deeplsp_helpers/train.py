@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import os
 import time
 from typing import Callable, Iterable, Sequence
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 from . import get_device
 from ._modes import eval_mode
-from ._validate import check_bool, check_ints, check_labels, check_module
+from ._validate import check_bool, check_ints, check_labels, check_module, check_number
 
 __all__ = ["evaluate", "train", "fine_tune", "distillation_loss", "progress_enabled", "with_teacher_outputs",
            "channels_last"]
@@ -226,10 +225,8 @@ def _make_optimizer(model, optimizer: str, lr: float, weight_decay: float, momen
 
 def _check_hparams(num_epochs, lr, weight_decay):
     check_ints(("num_epochs", num_epochs, 0))
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    check_number(lr, "lr", 0)
+    check_number(weight_decay, "weight_decay", 0, strict=False)
 
 
 def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = None, *, num_epochs: int = 5,

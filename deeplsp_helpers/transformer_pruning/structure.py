@@ -8,25 +8,14 @@ import torch
 from torch import nn
 
 from .._validate import check_finite, check_module
+from ..criteria import layer_scores
 from .sublayers import _QKV, _is_attention, _is_mlp, _join, attention_modules, mlp_modules
 
 
 def _scores_for(model: nn.Module, scores, names: Sequence[str]) -> dict[str, torch.Tensor]:
     """The per-weight scores of the named layers: ``scores[name]`` if given, else |w| (L1 magnitude)."""
     modules = dict(model.named_modules())
-    if scores is None:
-        return {n: modules[n].weight.detach().abs() for n in names}
-    if not isinstance(scores, Mapping):
-        raise TypeError("scores must be a dict {layer name: per-weight score}, e.g. criteria.taylor(model, batches)")
-    out = {}
-    for n in names:
-        if n not in scores:
-            raise ValueError(f"scores has no entry for {n!r}; pass a criterion computed on this model "
-                             "(e.g. criteria.magnitude(model))")
-        if not isinstance(scores[n], torch.Tensor) or scores[n].shape != modules[n].weight.shape:
-            raise ValueError(f"scores[{n!r}] must be a tensor of the weight's shape {tuple(modules[n].weight.shape)}")
-        out[n] = scores[n].detach()
-    return out
+    return layer_scores({n: modules[n] for n in names}, scores)
 
 
 def head_importance(model: nn.Module, scores: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .. import masks
-from .._validate import check_fraction, check_tensor
+from .._validate import check_fraction, check_ints, check_tensor
 
 
 def _check_matrix(w, what: str = "weight") -> torch.Tensor:
@@ -42,9 +42,10 @@ def _check_scores(scores) -> torch.Tensor:
 def _check_pattern(pattern) -> float | tuple[int, int]:
     """``pattern`` as a sparsity in [0, 1] or an ``(n, m)`` pair with ``1 <= n <= m``."""
     if isinstance(pattern, (tuple, list)):
-        if len(pattern) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pattern):
+        if len(pattern) != 2:
             raise ValueError(f"an N:M pattern must be a pair of positive ints (n, m), e.g. (2, 4), got {pattern!r}")
         n, m = pattern
+        check_ints(("n of the N:M pattern", n, 1), ("m of the N:M pattern", m, 1))
         if n > m:
             raise ValueError(f"N:M needs n <= m, got n={n}, m={m}")
         return (n, m)
