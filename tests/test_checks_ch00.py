@@ -1,6 +1,5 @@
 """Chapter 00 (getting started): its exercise checks accept right answers and reject known-wrong ones, with a message."""
 
-
 import torch
 from check_cases import chapter_tests
 

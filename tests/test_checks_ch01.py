@@ -1,6 +1,5 @@
 """Chapter 01 (pruning granularity): its exercise checks accept right answers and reject known-wrong ones, with a message."""
 
-
 import torch
 from check_cases import chapter_tests
 from torch import nn

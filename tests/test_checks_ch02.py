@@ -1,6 +1,5 @@
 """Chapter 02 (pruning criteria): its exercise checks accept right answers and reject known-wrong ones, with a message."""
 
-
 import torch
 from check_cases import chapter_tests
 from test_checks_ch01 import _mask_with_ties_over, fine_grained_mask
