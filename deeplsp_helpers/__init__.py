@@ -11,6 +11,8 @@ import random
 import numpy as np
 import torch
 
+from ._validate import check_int
+
 __all__ = ["seed_everything", "get_device", "__version__"]
 __version__ = "0.1.0"
 
@@ -23,10 +25,7 @@ def seed_everything(seed: int = 0) -> int:
     Returns:
         The seed, so a notebook cell can show which one was used.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    check_int(seed, "seed", 0)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

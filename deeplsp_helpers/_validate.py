@@ -26,11 +26,61 @@ def check_batch(x, name: str = "example_inputs") -> None:
         raise TypeError(f"{name} must be a batch tensor [N, ...], e.g. torch.randn(1, 1, 28, 28)")
 
 
-def check_ints(*specs: tuple[str, object, int]) -> None:
-    """``ValueError`` unless each ``(name, value, lowest)`` has an int ``value >= lowest`` (bools refused)."""
-    for name, v, lo in specs:
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+def check_tensor(t, name: str = "tensor", *, floating: bool = False, ndim: int | None = None, min_ndim: int = 0,
+                 dims: str = "", finite: bool = False) -> torch.Tensor:
+    """``t.detach()`` if ``t`` is a non-empty tensor; ``floating``: of a floating-point dtype; ``ndim``: with exactly
+    that many dimensions (``dims`` names them in the message, e.g. ``" [out_features, in_features]"``);
+    ``min_ndim``: at least that many; ``finite``: no NaN or infinity. ``TypeError`` for a non-tensor or a wrong
+    dtype, ``ValueError`` otherwise."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if floating and not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if ndim is not None and t.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions{dims}, got shape {tuple(t.shape)}")
+    if t.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty")
+    if finite:
+        check_finite(t, name)
+    return t.detach()
+
+
+def _int_error(value, name: str, lowest: int, highest: int | None) -> str | None:
+    """The message for ``value`` unless it is an int (not a bool) from ``lowest`` to ``highest`` (None: no top)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lowest \
+            or (highest is not None and value > highest):
+        bounds = f">= {lowest}" if highest is None else f"in {lowest}..{highest}"
+        return f"{name} must be an int {bounds}, got {value!r}"
+    return None
+
+
+def check_int(value, name: str, lowest: int, highest: int | None = None) -> int:
+    """``value`` itself if it is an int from ``lowest`` to ``highest`` (``None``: no top); ``TypeError`` for a value
+    that is no int (bools refused), ``ValueError`` for one out of range; the same message either way."""
+    message = _int_error(value, name, lowest, highest)
+    if message:
+        raise (TypeError if isinstance(value, bool) or not isinstance(value, int) else ValueError)(message)
+    return value
+
+
+def check_ints(*specs: tuple) -> None:
+    """``ValueError`` unless each ``(name, value, lowest)`` or ``(name, value, lowest, highest)`` has an int
+    ``value`` in that range (bools refused; a wrong type is a ``ValueError`` here too)."""
+    for name, v, lo, *hi in specs:
+        message = _int_error(v, name, lo, hi[0] if hi else None)
+        if message:
+            raise ValueError(message)
+
+
+def check_number(value, name: str, lowest: float, *, strict: bool = True, hint: str = "") -> float:
+    """``float(value)`` if it is a finite number above ``lowest`` (``strict=False``: at least ``lowest``);
+    ``ValueError`` otherwise (bools, NaN and infinities refused). ``hint`` follows the bound in the message."""
+    finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not finite or not (value > lowest if strict else value >= lowest):
+        raise ValueError(f"{name} must be a number {'>' if strict else '>='} {lowest}{hint}, got {value!r}")
+    return float(value)
 
 
 def check_fraction(value, name: str, low: float = 0, high: float = 1, *, low_open: bool = False,

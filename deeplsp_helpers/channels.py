@@ -12,6 +12,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ._modes import eval_mode
 from ._validate import PRUNABLE, check_batch, check_module
 
 __all__ = ["table_layers", "is_depthwise", "layer_widths", "output_layers", "coupled_groups", "prunable_dims",
@@ -47,11 +48,8 @@ def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Mod
     hooks = [m.register_forward_hook(lambda mod, inp, out: produced.__setitem__(id(out), mod))
              for m in model.modules() if isinstance(m, PRUNABLE)]
     try:
-        with torch.no_grad():
-            was = model.training
-            model.eval()
+        with torch.no_grad(), eval_mode(model):
             out = model(example_inputs)
-            model.train(was)
     finally:
         for h in hooks:
             h.remove()
@@ -98,34 +96,32 @@ def collapse_channels(model: nn.Module, example_inputs: torch.Tensor, *, atol: f
     """
     check_module(model)
     check_batch(example_inputs)
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        before = model(example_inputs)
-    keep_out = set(map(id, output_layers(model, example_inputs)))
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-    names = {m: n for n, m in model.named_modules()}
-    removed: dict[str, int] = {}
-    for layer in [m for m in model.modules() if isinstance(m, PRUNABLE) and id(m) not in keep_out]:
-        w = layer.weight.detach()
-        cand = (w.flatten(1).abs().amax(1) <= atol).nonzero().flatten().tolist()
-        if not cand or len(cand) == w.shape[0]:
-            continue  # nothing dead, or the whole layer (removing it all would break the graph)
-        fn = tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
-        group = dg.get_pruning_group(layer, fn, idxs=cand)
-        alive = set()  # candidates that some coupled producer (BN shift, residual branch) keeps alive
-        for i, (dep, idxs) in enumerate(group):
-            if _is_out_fn(dep):
-                for root, is_dead in zip(group[i].root_idxs, _dead_mask(dep, list(idxs), atol).tolist()):
-                    if not is_dead:
-                        alive.add(root)
-        idxs = [c for c in cand if c not in alive]
-        if idxs and dg.check_pruning_group(group := dg.get_pruning_group(layer, fn, idxs=idxs)):
-            group.prune()
-            removed[names[layer]] = len(idxs)
-    with torch.no_grad():
-        diff = (model(example_inputs) - before).abs().max().item()
-    model.train(was)
+    with eval_mode(model):
+        with torch.no_grad():
+            before = model(example_inputs)
+        keep_out = set(map(id, output_layers(model, example_inputs)))
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        names = {m: n for n, m in model.named_modules()}
+        removed: dict[str, int] = {}
+        for layer in [m for m in model.modules() if isinstance(m, PRUNABLE) and id(m) not in keep_out]:
+            w = layer.weight.detach()
+            cand = (w.flatten(1).abs().amax(1) <= atol).nonzero().flatten().tolist()
+            if not cand or len(cand) == w.shape[0]:
+                continue  # nothing dead, or the whole layer (removing it all would break the graph)
+            fn = tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
+            group = dg.get_pruning_group(layer, fn, idxs=cand)
+            alive = set()  # candidates that some coupled producer (BN shift, residual branch) keeps alive
+            for i, (dep, idxs) in enumerate(group):
+                if _is_out_fn(dep):
+                    for root, is_dead in zip(group[i].root_idxs, _dead_mask(dep, list(idxs), atol).tolist()):
+                        if not is_dead:
+                            alive.add(root)
+            idxs = [c for c in cand if c not in alive]
+            if idxs and dg.check_pruning_group(group := dg.get_pruning_group(layer, fn, idxs=idxs)):
+                group.prune()
+                removed[names[layer]] = len(idxs)
+        with torch.no_grad():
+            diff = (model(example_inputs) - before).abs().max().item()
     if diff > check_atol:
         raise RuntimeError(f"collapse_channels changed the outputs (max abs diff {diff:.2e}); a removed channel was not dead")
     return removed

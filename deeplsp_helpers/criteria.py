@@ -7,14 +7,15 @@ over several calibration batches, one gradient per batch, never a single saved g
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
 
-from ._validate import PRUNABLE, check_module
+from ._modes import eval_mode
+from ._validate import PRUNABLE, check_module, check_number
 
-__all__ = ["prunable_layers", "random_scores", "magnitude", "gradient", "taylor", "obd", "bn_scale"]
+__all__ = ["prunable_layers", "layer_scores", "random_scores", "magnitude", "gradient", "taylor", "obd", "bn_scale"]
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -24,6 +25,25 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     if not layers:
         raise ValueError("model has no Conv2d or Linear layers")
     return layers
+
+
+def layer_scores(layers: Mapping[str, nn.Module], scores=None) -> dict[str, torch.Tensor]:
+    """The per-weight scores of ``layers`` (``{name: layer}``): ``scores[name]`` (detached) where ``scores`` is given,
+    else ``|w|`` (magnitude). ``TypeError`` unless ``scores`` is a dict; ``ValueError`` for a layer it has no entry
+    for, or an entry that is not a tensor of the layer's weight shape."""
+    if scores is None:
+        return {n: m.weight.detach().abs() for n, m in layers.items()}
+    if not isinstance(scores, Mapping):
+        raise TypeError("scores must be a dict {layer name: per-weight score}, e.g. criteria.taylor(model, batches)")
+    out = {}
+    for n, m in layers.items():
+        if n not in scores:
+            raise ValueError(f"scores has no entry for {n!r}; pass a criterion computed on this model "
+                             "(e.g. criteria.magnitude(model))")
+        if not isinstance(scores[n], torch.Tensor) or scores[n].shape != m.weight.shape:
+            raise ValueError(f"scores[{n!r}] must be a tensor of the weight's shape {tuple(m.weight.shape)}")
+        out[n] = scores[n].detach()
+    return out
 
 
 def random_scores(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -38,8 +58,7 @@ def magnitude(model: nn.Module, p: float = 1) -> dict[str, torch.Tensor]:
 
     Han et al., "Learning both Weights and Connections for Efficient Neural Networks", arXiv:1506.02626.
     """
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
-        raise ValueError(f"p must be a positive number, got {p!r}")
+    p = check_number(p, "p", 0, hint=" (1 for L1, 2 for L2)")
     return {n: m.weight.detach().abs().pow(p).clone() for n, m in prunable_layers(model).items()}
 
 
@@ -47,18 +66,14 @@ def _per_batch_grads(model: nn.Module, batches: Iterable, layers: dict[str, nn.M
     """Yield ``{name: dL/dw}`` for every (X, y) batch, in eval mode, the model's mode restored after."""
     if batches is None or not hasattr(batches, "__iter__"):
         raise TypeError("batches must be an iterable of (X, y) calibration batches")
-    was = model.training
-    model.eval()
     weights = [m.weight for m in layers.values()]
     count = 0
-    try:
+    with eval_mode(model):
         for X, y in batches:
             loss = nn.functional.cross_entropy(model(X), y)
             grads = torch.autograd.grad(loss, weights)
             count += 1
             yield dict(zip(layers, grads))
-    finally:
-        model.train(was)
     if count == 0:
         raise ValueError("batches is empty: give at least one (X, y) calibration batch")
 

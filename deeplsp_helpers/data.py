@@ -24,7 +24,7 @@ from typing import Iterator, NamedTuple
 import torch
 from torch.utils.data import Dataset
 
-from ._validate import check_bool
+from ._validate import check_bool, check_int, check_ints
 from .files import atomic_write, clean_stale
 
 __all__ = [
@@ -253,10 +253,7 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, val_size: int = 50
     (loading them again would cost seconds and 200 MB). Never modify ``X`` or ``y`` in place; take a
     ``.clone()`` (or :func:`subset`, which copies) if you want to change images.
     """
-    if isinstance(val_size, bool) or not isinstance(val_size, int):
-        raise TypeError(f"val_size must be an int, got {type(val_size).__name__}")
-    if not 0 < val_size < 60000:
-        raise ValueError(f"val_size must be in 1..59999, got {val_size}")
+    check_int(val_size, "val_size", 1, 59999)
     data_root = find_data_root(root, download=download)
     key = (str(data_root.resolve()), val_size)
     if key not in _CACHE:
@@ -284,8 +281,7 @@ def subset(dataset: ImageTensorDataset, n: int, seed: int = 0) -> ImageTensorDat
     """A random subset of ``n`` samples (fixed by ``seed``), e.g. for quick fine-tuning."""
     if not isinstance(dataset, ImageTensorDataset):
         raise TypeError("subset expects an ImageTensorDataset from load_fashion_mnist()")
-    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= len(dataset):
-        raise ValueError(f"n must be an int in 1..{len(dataset)}, got {n!r}")
+    check_ints(("n", n, 1, len(dataset)))
     idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     soft = dataset.soft[idx] if dataset.soft is not None else None
     return ImageTensorDataset(dataset.X[idx], dataset.y[idx], dataset.classes, soft)
@@ -300,9 +296,7 @@ def calibration_batches(dataset: ImageTensorDataset, n_batches: int = 4, batch_s
     """
     if not isinstance(dataset, ImageTensorDataset):
         raise TypeError("calibration_batches expects an ImageTensorDataset (e.g. splits.train)")
-    for name, v in (("n_batches", n_batches), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    check_ints(("n_batches", n_batches, 1), ("batch_size", batch_size, 1))
     if n_batches * batch_size > len(dataset):
         raise ValueError(f"{n_batches} x {batch_size} images requested, the dataset has {len(dataset)}")
     idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n_batches * batch_size]
@@ -320,8 +314,7 @@ class BatchLoader:
                  seed: int = 0, drop_last: bool = False):
         if not isinstance(dataset, ImageTensorDataset):
             raise TypeError("BatchLoader expects an ImageTensorDataset")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_ints(("batch_size", batch_size, 1))
         check_bool(shuffle, "shuffle")  # shuffle="no" would shuffle
         check_bool(drop_last, "drop_last")
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle

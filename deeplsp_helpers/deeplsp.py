@@ -27,9 +27,10 @@ from torch import nn
 from torch.nn.utils import prune
 
 from . import criteria, metrics
-from ._validate import check_fraction, check_ints, check_module
+from ._validate import check_fraction, check_ints, check_module, check_number
 from .criteria import prunable_layers
 from .latency import compare_speedups
+from .masks import pruned_tensors
 from .structured import LatencyAwareImportance, structured_channel_pruning
 
 __all__ = ["compute_sensitivity", "prune_sensitivity_adaptive", "prune_latency_aware", "apply_unstructured_pruning",
@@ -126,8 +127,7 @@ def prune_sensitivity_adaptive(model: nn.Module, sensitivities, target_sparsity:
     """
     layers = prunable_layers(model)
     target = check_fraction(target_sparsity, "target_sparsity", high=max_ratio, high_open=False)
-    if not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha!r}")
+    check_number(alpha, "alpha", 0)
     sens = _combine(sensitivities, list(layers))
     sizes = {k: m.weight.numel() for k, m in layers.items()}
     ratios = _ratios_for(sens, sizes, target, max_ratio, alpha)
@@ -161,8 +161,7 @@ def sparsity_for_nonzero_factor(model: nn.Module, dense: nn.Module, factor: floa
     """
     check_module(model)
     check_module(dense, "dense")
-    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not factor >= 1:
-        raise ValueError(f"factor must be a number >= 1 (how many times fewer non-zero parameters), got {factor!r}")
+    check_number(factor, "factor", 1, strict=False, hint=" (how many times fewer non-zero parameters)")
     weights = sum(m.weight.numel() for m in prunable_layers(model).values())
     others = metrics.count_parameters(model) - weights
     keep = metrics.count_parameters(dense) / factor - others
@@ -173,9 +172,8 @@ def remove_pruning_masks(model: nn.Module) -> nn.Module:
     """Make every prune mask permanent: plain ``weight`` parameters, no ``*_orig``/``*_mask`` keys, no hooks."""
     check_module(model)
     for m in model.modules():
-        for name, _ in list(m.named_parameters(recurse=False)):
-            if name.endswith("_orig") and prune.is_pruned(m):
-                prune.remove(m, name[:-len("_orig")])
+        for name in pruned_tensors(m):
+            prune.remove(m, name)
     return model
 
 

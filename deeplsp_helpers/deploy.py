@@ -37,10 +37,11 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from torch import nn
-from torch.nn.utils import prune
 
-from ._validate import check_batch, check_ints, check_labels, check_module
+from ._modes import eval_mode
+from ._validate import check_batch, check_bool, check_ints, check_labels, check_module
 from .files import atomic_write
+from .masks import masked_layers
 
 __all__ = ["export_onnx", "ort_session", "OrtModel", "max_abs_difference", "ort_accuracy", "quantize_int8",
            "file_size", "zipped_size"]
@@ -48,18 +49,6 @@ __all__ = ["export_onnx", "ort_session", "OrtModel", "max_abs_difference", "ort_
 DEFAULT_OPSET = 17  # ONNX Runtime runs it; per-channel int8 needs >= 13
 # torch >= 2.5 has two exporters and, from 2.9, defaults to the torch.export-based one, which needs onnxscript
 _TORCHSCRIPT_EXPORTER = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-
-
-def _masked_layers(model: nn.Module) -> list[str]:
-    """Names of the modules that hold a ``torch.nn.utils.prune`` mask: a pruning forward pre-hook, or the pair it
-    leaves (a buffer ``<name>_mask`` next to a parameter ``<name>_orig``). Other buffers whose name ends in
-    ``_mask`` (an attention mask, say) do not count."""
-    def pruned_pair(m):
-        params = {p for p, _ in m.named_parameters(recurse=False)}
-        return any(b.endswith("_mask") and f"{b[:-len('_mask')]}_orig" in params for b, _ in m.named_buffers(recurse=False))
-
-    return [name or type(m).__name__ for name, m in model.named_modules()
-            if any(isinstance(h, prune.BasePruningMethod) for h in m._forward_pre_hooks.values()) or pruned_pair(m)]
 
 
 def _check_path(path, name: str = "path") -> Path:
@@ -76,7 +65,8 @@ def _existing_file(path, name: str = "path") -> Path:
 
 
 def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.PathLike, *,
-                dynamic_batch: bool = True, opset: int = DEFAULT_OPSET) -> Path:
+                dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, input_name: str = "input",
+                output_name: str = "output") -> Path:
     """Write ``model`` (in eval mode) as an ONNX file at ``path``, atomically; returns the path.
 
     Uses PyTorch's TorchScript-based exporter (``dynamo=False``; deprecated by PyTorch, which now defaults to its
@@ -86,6 +76,8 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.P
     BatchNorm into the convolution before it. Its deprecation warning is
     silenced here. With ``dynamic_batch`` the first dimension of the input and output is named ``batch`` and
     left free, so the file runs any batch size; the other dimensions are fixed to ``example_inputs``'s.
+    ``input_name`` and ``output_name`` name the graph's input and output (what a session's ``run`` is fed and
+    returns).
 
     Raises:
         ValueError: the model still carries ``torch.nn.utils.prune`` masks (``weight_orig`` and
@@ -97,26 +89,25 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.P
     check_batch(example_inputs)
     path = _check_path(path)
     check_ints(("opset", opset, 13))
-    if not isinstance(dynamic_batch, bool):
-        raise TypeError(f"dynamic_batch must be True or False, got {dynamic_batch!r}")
-    masked = _masked_layers(model)
+    check_bool(dynamic_batch, "dynamic_batch")
+    for name, value in (("input_name", input_name), ("output_name", output_name)):
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"{name} must be a non-empty string, got {value!r}")
+    if input_name == output_name:
+        raise ValueError(f"input_name and output_name must differ, both are {input_name!r}")
+    masked = [n or "the model itself" for n in masked_layers(model)]
     if masked:
         raise ValueError(
             f"the model still carries torch.nn.utils.prune masks (in {', '.join(masked)}): remove them before "
             "export with deeplsp_helpers.deeplsp.remove_pruning_masks(model) (or torch.nn.utils.prune.remove(module, "
             "'weight') on each layer), so that the file holds one plain weight per layer")
-    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    axes = {input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
     buf = io.BytesIO()
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
-            torch.onnx.export(model, (example_inputs,), buf, input_names=["input"], output_names=["output"],
-                              dynamic_axes=axes, opset_version=opset, **_TORCHSCRIPT_EXPORTER)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+        torch.onnx.export(model, (example_inputs,), buf, input_names=[input_name], output_names=[output_name],
+                          dynamic_axes=axes, opset_version=opset, **_TORCHSCRIPT_EXPORTER)
     onnx.checker.check_model(onnx.load_from_string(buf.getvalue()))
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
 
@@ -178,13 +169,8 @@ def max_abs_difference(model: nn.Module, session, inputs: torch.Tensor) -> float
     check_module(model)
     check_batch(inputs, "inputs")
     ort_model = _as_ort_model(session)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            expected = model(inputs).float().cpu()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        expected = model(inputs).float().cpu()
     got = ort_model(inputs)
     if got.shape != expected.shape:
         raise ValueError(f"the session's output has shape {tuple(got.shape)}, the model's {tuple(expected.shape)}")
@@ -295,8 +281,7 @@ def zipped_size(path: str | os.PathLike, level: int = 9) -> int:
     """Size in bytes of a zip archive (deflate, ``level`` 0-9) holding the file at ``path``: what it costs to
     ship. Runs of zeros, e.g. weights removed by unstructured pruning, compress to almost nothing."""
     path = _existing_file(path)
-    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 9:
-        raise ValueError(f"level must be an int in 0..9, got {level!r}")
+    check_ints(("level", level, 0, 9))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as z:
         z.write(path, arcname=path.name)

@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import speedup
-from ._validate import PRUNABLE, check_batch, check_bool, check_ints, check_module
+from ._modes import eval_mode, train_mode
+from ._validate import PRUNABLE, check_batch, check_bool, check_ints, check_module, check_number
 from .channels import collapse_channels, coupled_groups, layer_widths, output_layers
 from .latency_model import LatencyTable, _input_shapes
 
@@ -80,23 +81,22 @@ def taylor_bn_importance(model: nn.Module, batches, loss_fn=F.cross_entropy) -> 
     flags = [p.requires_grad for p in params]
     layers = {n: m for n, m in model.named_modules() if (isinstance(m, _BN) and m.affine) or isinstance(m, PRUNABLE)}
     rows: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    was = model.training
     try:
         for p in params:
             p.requires_grad_(True)
-        model.train()
-        for X, y in batches:
-            model.zero_grad(set_to_none=True)
-            loss = loss_fn(model(X.to(device)), y.to(device))
-            if not torch.isfinite(loss).all():
-                raise ValueError(f"the loss on a calibration batch is {loss.item()!r}: check the batch and the model")
-            loss.backward()
-            for n, m in layers.items():
-                if isinstance(m, _BN):
-                    t = sum(p.detach() * p.grad for p in (m.weight, m.bias) if p.grad is not None)
-                else:
-                    t = (m.weight.detach() * m.weight.grad).flatten(1).sum(1) if m.weight.grad is not None else 0
-                rows[n].append(torch.zeros(m.weight.shape[0], device=device) + t)
+        with train_mode(model):
+            for X, y in batches:
+                model.zero_grad(set_to_none=True)
+                loss = loss_fn(model(X.to(device)), y.to(device))
+                if not torch.isfinite(loss).all():
+                    raise ValueError(f"the loss on a calibration batch is {loss.item()!r}: check the batch and the model")
+                loss.backward()
+                for n, m in layers.items():
+                    if isinstance(m, _BN):
+                        t = sum(p.detach() * p.grad for p in (m.weight, m.bias) if p.grad is not None)
+                    else:
+                        t = (m.weight.detach() * m.weight.grad).flatten(1).sum(1) if m.weight.grad is not None else 0
+                    rows[n].append(torch.zeros(m.weight.shape[0], device=device) + t)
     finally:
         model.zero_grad(set_to_none=True)
         for p, f in zip(params, flags):
@@ -105,7 +105,6 @@ def taylor_bn_importance(model: nn.Module, batches, loss_fn=F.cross_entropy) -> 
             for n, b in model.named_buffers():
                 if n in buffers and b.shape == buffers[n].shape:
                     b.copy_(buffers[n])
-        model.train(was)
     return {n: torch.stack(r).float().cpu() for n, r in rows.items()}
 
 
@@ -141,8 +140,7 @@ class TaylorBNImportance:
 
 
 def _prepare(scores, budget, chunk, lowest):
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
-        raise ValueError(f"budget must be a positive number of ms, got {budget!r}")
+    check_number(budget, "budget", 0, hint=" (ms)")
     check_ints(("chunk", chunk, 1))
     cums = [np.concatenate([[0.0], np.cumsum(np.sort(np.asarray(s, dtype=float).ravel())[::-1])]) for s in scores]
     sizes = [len(c) - 1 for c in cums]
@@ -298,16 +296,12 @@ def halp_prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: f
     report = {"dense_ms": dense_ms, "target_speedup": target_speedup, "reachable_speedup": top, "steps": []}
     for step in range(1, steps + 1):
         step_speedup = target_speedup ** (step / steps)
-        was = model.training
         importance = TaylorBNImportance(model, batches, loss_fn)
-        model.eval()
-        try:
+        with eval_mode(model):
             for group, idxs in _plan_step(model, x1, table, dense_ms / step_speedup, importance, round_to, floors,
                                           ignored):
                 group.prune(idxs=idxs)
             collapse_channels(model, x1)
-        finally:
-            model.train(was)
         widths = layer_widths(model)
         ms = table.predict_widths(widths)
         report["steps"].append({"step": step, "target_ms": dense_ms / step_speedup, "target_speedup": step_speedup,

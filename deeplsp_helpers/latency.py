@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ._modes import eval_mode
 from ._validate import check_batch, check_ints
 
 __all__ = ["LatencyStats", "Speedup", "measure_latency", "compare_latency", "compare_speedups", "paired_speedup",
@@ -144,14 +145,8 @@ def _interleaved(models, inputs, warmup, repeats, threads) -> dict[str, list[flo
     for m in models.values():
         _validate(m, inputs, warmup, repeats, threads)
     modules = {k: m for k, m in models.items() if isinstance(m, nn.Module)}
-    modes = {k: m.training for k, m in modules.items()}
-    try:
-        for m in modules.values():
-            m.eval()
+    with eval_mode(*modules.values()):
         samples = time_calls([lambda m=m: m(inputs) for m in models.values()], warmup, repeats, threads)
-    finally:
-        for k, m in modules.items():
-            m.train(modes[k])
     return dict(zip(models, samples))
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._modes import eval_mode
 from ._validate import PRUNABLE, check_batch, check_ints, check_module
 from .channels import is_depthwise, layer_widths, output_layers, prunable_dims, table_layers
 from .files import atomic_write, regular_file
@@ -68,15 +69,12 @@ def _input_shapes(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, l
         return hook
 
     hooks = [m.register_forward_hook(record(n)) for n, m in layers.items()]
-    was = model.training
     try:
-        model.eval()
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             model(example_inputs)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was)
     missing = set(layers) - set(shapes)
     if missing:
         raise ValueError(f"layers never called in the forward pass: {sorted(missing)}")
@@ -359,11 +357,10 @@ def layer_costs(model: nn.Module, example_inputs: torch.Tensor, measure: str = "
             macs[mod] = out[0].numel() * mod.in_features
 
     hooks = [h for m in layers for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
-    old_threads, was = torch.get_num_threads(), model.training
+    old_threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        model.eval()
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             for _ in range(warmup if measure == "latency" else 0):
                 model(example_inputs)
             for s in samples.values():
@@ -374,7 +371,6 @@ def layer_costs(model: nn.Module, example_inputs: torch.Tensor, measure: str = "
         for h in hooks:
             h.remove()
         torch.set_num_threads(old_threads)
-        model.train(was)
     raw = {m: statistics.median(samples[m]) for m in layers} if measure == "latency" else macs
     total = sum(raw.values())
     return {m: v / total for m, v in raw.items()}

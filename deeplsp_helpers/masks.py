@@ -11,24 +11,35 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
+from torch.nn.utils import prune
 
-from ._validate import check_fraction
+from ._validate import check_fraction, check_ints, check_module, check_number, check_tensor
 
-__all__ = ["fine_grained_mask", "nm_mask", "vector_mask", "kernel_mask", "filter_mask", "channel_mask"]
+__all__ = ["fine_grained_mask", "nm_mask", "vector_mask", "kernel_mask", "filter_mask", "channel_mask",
+           "pruned_tensors", "masked_layers"]
 
 
-def _check_tensor(w, min_ndim: int = 1, exact_ndim: int | None = None, what: str = "weight") -> torch.Tensor:
-    if not isinstance(w, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
-    if not w.is_floating_point():
-        raise TypeError(f"{what} must be a floating-point tensor, got {w.dtype}")
-    if exact_ndim is not None and w.ndim != exact_ndim:
-        raise ValueError(f"{what} must have {exact_ndim} dimensions, got shape {tuple(w.shape)}")
-    if w.ndim < min_ndim:
-        raise ValueError(f"{what} must have at least {min_ndim} dimension(s), got shape {tuple(w.shape)}")
-    if w.numel() == 0:
-        raise ValueError(f"{what} is empty")
-    return w.detach()
+def pruned_tensors(module: nn.Module) -> list[str]:
+    """Names of ``module``'s own tensors that carry a ``torch.nn.utils.prune`` mask: each one a pruning forward
+    pre-hook recomputes, and each one stored as the pair that pruning leaves (a parameter ``<name>_orig`` next to a
+    buffer ``<name>_mask``, e.g. after the hook was deleted). A buffer merely named ``..._mask`` (an attention mask,
+    say) is not a prune mask. Submodules are not looked at: see :func:`masked_layers`."""
+    check_module(module, "module")
+    names = [h._tensor_name for h in module._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
+    params = {p for p, _ in module.named_parameters(recurse=False)}
+    for b, _ in module.named_buffers(recurse=False):
+        base = b[:-len("_mask")]
+        if b.endswith("_mask") and f"{base}_orig" in params and base not in names:
+            names.append(base)
+    return names
+
+
+def masked_layers(model: nn.Module) -> list[str]:
+    """Names (as ``model.named_modules()`` gives them, ``""`` for the model itself) of the modules that still carry
+    a ``torch.nn.utils.prune`` mask on any of their tensors (:func:`pruned_tensors`); empty when none does."""
+    check_module(model)
+    return [name for name, m in model.named_modules() if pruned_tensors(m)]
 
 
 def _check_sparsity(sparsity) -> float:
@@ -36,9 +47,7 @@ def _check_sparsity(sparsity) -> float:
 
 
 def _check_p(p) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
-        raise ValueError(f"p must be a positive number (1 for L1, 2 for L2), got {p!r}")
-    return float(p)
+    return check_number(p, "p", 0, hint=" (1 for L1, 2 for L2)")
 
 
 def _keep_top(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -58,7 +67,7 @@ def fine_grained_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
     Magnitude pruning as in Han et al., "Learning both Weights and Connections for Efficient Neural
     Networks", arXiv:1506.02626.
     """
-    w = _check_tensor(w)
+    w = check_tensor(w, "weight", floating=True, min_ndim=1)
     return _keep_top(w.abs(), _check_sparsity(sparsity)).to(w.dtype)
 
 
@@ -69,10 +78,8 @@ def nm_mask(w: torch.Tensor, n: int = 2, m: int = 4, dim: int = -1) -> torch.Ten
     ``min(n, r)``. 2:4 is the pattern NVIDIA's sparse tensor cores accelerate (Mishra et al.,
     "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378).
     """
-    w = _check_tensor(w)
-    for name, v in (("n", n), ("m", m)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    w = check_tensor(w, "weight", floating=True, min_ndim=1)
+    check_ints(("n", n, 1), ("m", m, 1))
     if n > m:
         raise ValueError(f"N:M needs n <= m, got n={n}, m={m}")
     if not -w.ndim <= dim < w.ndim:
@@ -100,7 +107,7 @@ def vector_mask(w: torch.Tensor, sparsity: float, dim: int = -1, p: float = 2) -
 
     For a convolution weight ``[out, in, kh, kw]`` and ``dim=-1`` a vector is one row of a kernel.
     """
-    w = _check_tensor(w, min_ndim=2)
+    w = check_tensor(w, "weight", floating=True, min_ndim=2)
     if not -w.ndim <= dim < w.ndim:
         raise ValueError(f"dim {dim} is out of range for a {w.ndim}-D tensor")
     return _group_mask(w, _check_sparsity(sparsity), (dim % w.ndim,), _check_p(p))
@@ -108,7 +115,7 @@ def vector_mask(w: torch.Tensor, sparsity: float, dim: int = -1, p: float = 2) -
 
 def kernel_mask(w: torch.Tensor, sparsity: float, p: float = 2) -> torch.Tensor:
     """Remove whole 2-D kernels ``w[o, i]`` of a convolution weight ``[out, in, kh, kw]``, lowest Lp norm first."""
-    w = _check_tensor(w, exact_ndim=4, what="convolution weight [out, in, kh, kw]")
+    w = check_tensor(w, "convolution weight", floating=True, ndim=4, dims=" [out, in, kh, kw]")
     return _group_mask(w, _check_sparsity(sparsity), (2, 3), _check_p(p))
 
 
@@ -117,7 +124,7 @@ def filter_mask(w: torch.Tensor, sparsity: float, p: float = 2) -> torch.Tensor:
 
     Filter pruning as in Li et al., "Pruning Filters for Efficient ConvNets", arXiv:1608.08710.
     """
-    w = _check_tensor(w, min_ndim=2)
+    w = check_tensor(w, "weight", floating=True, min_ndim=2)
     return _group_mask(w, _check_sparsity(sparsity), tuple(range(1, w.ndim)), _check_p(p))
 
 
@@ -127,5 +134,5 @@ def channel_mask(w: torch.Tensor, sparsity: float, p: float = 2) -> torch.Tensor
     Channel pruning as in He et al., "Channel Pruning for Accelerating Very Deep Neural Networks",
     arXiv:1707.06168 (which selects channels by reconstruction; here by norm).
     """
-    w = _check_tensor(w, min_ndim=2)
+    w = check_tensor(w, "weight", floating=True, min_ndim=2)
     return _group_mask(w, _check_sparsity(sparsity), (0,) + tuple(range(2, w.ndim)), _check_p(p))

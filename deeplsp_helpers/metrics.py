@@ -15,23 +15,17 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from ._validate import PRUNABLE, check_module
+from ._modes import eval_mode
+from ._validate import PRUNABLE, check_ints, check_module, check_tensor
+from .masks import pruned_tensors
 
 __all__ = ["sparsity", "model_sparsity", "count_parameters", "model_size", "count_macs", "summarize",
-           "effective_parameters", "weight_sparsity", "layer_sparsities"]
-
-
-def _check_tensor(t, name: str = "tensor") -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.numel() == 0:
-        raise ValueError(f"{name} is empty")
-    return t
+           "effective_parameters", "weight_sparsity", "layer_sparsities", "conv_widths"]
 
 
 def sparsity(t: torch.Tensor) -> float:
     """Fraction of exactly-zero entries, in [0, 1]."""
-    t = _check_tensor(t)
+    t = check_tensor(t, "tensor")
     return 1.0 - t.count_nonzero().item() / t.numel()
 
 
@@ -39,9 +33,10 @@ def effective_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]
     """``(name, tensor)`` for every parameter, with pruned ``*_orig`` parameters replaced by their masked value."""
     check_module(model)
     for mod_name, module in model.named_modules():
+        pruned = pruned_tensors(module)
         for p_name, p in module.named_parameters(recurse=False):
             full = f"{mod_name}.{p_name}" if mod_name else p_name
-            if p_name.endswith("_orig") and hasattr(module, p_name[: -len("_orig")] + "_mask"):
+            if p_name.endswith("_orig") and p_name[: -len("_orig")] in pruned:
                 base = p_name[: -len("_orig")]
                 yield (f"{mod_name}.{base}" if mod_name else base), getattr(module, base)
             else:
@@ -80,14 +75,19 @@ def layer_sparsities(model: nn.Module, types: Sequence[type] = PRUNABLE) -> dict
     return {name: sparsity(m.weight) for name, m in model.named_modules() if isinstance(m, tuple(types))}
 
 
+def conv_widths(model: nn.Module) -> list[int]:
+    """Output channels of every ``Conv2d``, in ``model.modules()`` order: the widths structured pruning changes."""
+    check_module(model)
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
 def model_size(model: nn.Module, data_width: int = 32, nonzero_only: bool = False) -> int:
     """Size in **bits** of the parameters at ``data_width`` bits each (no index overhead counted).
 
     Divide by 8 * 1024**2 for MiB. With ``nonzero_only`` it is the payload of a sparse format
     *without* its indices, a lower bound on what sparse storage costs.
     """
-    if isinstance(data_width, bool) or not isinstance(data_width, int) or data_width <= 0:
-        raise ValueError(f"data_width must be a positive int number of bits, got {data_width!r}")
+    check_ints(("data_width (bits)", data_width, 1))
     return count_parameters(model, nonzero_only=nonzero_only) * data_width
 
 
@@ -117,13 +117,8 @@ def count_macs(model: nn.Module, inputs) -> int:
     check_module(model)
     x = _example_inputs(inputs)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            macs = profile_macs(model, x.to(device))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        macs = profile_macs(model, x.to(device))
     return int(math.ceil(macs / x.shape[0]))
 
 
@@ -137,12 +132,7 @@ def summarize(model: nn.Module, input_size: tuple = (1, 28, 28), device: torch.d
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
     buf = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buf), torch.no_grad():
-            summary(model, tuple(input_size), device=device.type)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), contextlib.redirect_stdout(buf), torch.no_grad():
+        summary(model, tuple(input_size), device=device.type)
     return buf.getvalue().rstrip()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._validate import check_ints
+
 __all__ = ["LeNet", "VGG", "ResNet", "MobileNet", "SelfAttention", "MLP", "TransformerBlock", "ViT", "CNN_NAMES",
            "TRANSFORMER_NAMES", "MODEL_NAMES", "build_model"]
 
@@ -155,15 +157,12 @@ class SelfAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, head_dim: int | None = None):
         super().__init__()
-        for label, v in (("dim", dim), ("num_heads", num_heads)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{label} must be a positive int, got {v!r}")
+        check_ints(("dim", dim, 1), ("num_heads", num_heads, 1))
         if head_dim is None:
             if dim % num_heads:
                 raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}; pass head_dim")
             head_dim = dim // num_heads
-        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
-            raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
+        check_ints(("head_dim", head_dim, 1))
         self.head_dim = head_dim
         inner = num_heads * head_dim
         self.q_proj = nn.Linear(dim, inner)
@@ -244,9 +243,7 @@ class ViT(nn.Module):
     def __init__(self, patch_size: int = 4, dim: int = 64, depth: int = 4, num_heads: int = 4, mlp_hidden: int = 128,
                  num_classes: int = NUM_CLASSES, image_size: int = 28):
         super().__init__()
-        for label, v in (("patch_size", patch_size), ("depth", depth), ("mlp_hidden", mlp_hidden)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{label} must be a positive int, got {v!r}")
+        check_ints(("patch_size", patch_size, 1), ("depth", depth, 1), ("mlp_hidden", mlp_hidden, 1))
         if image_size % patch_size:
             raise ValueError(f"patch_size {patch_size} does not divide the image size {image_size}")
         num_patches = (image_size // patch_size) ** 2

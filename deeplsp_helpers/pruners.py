@@ -8,21 +8,10 @@ from typing import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .criteria import prunable_layers
+from .criteria import layer_scores, prunable_layers
 from .masks import fine_grained_mask
 
 __all__ = ["FineGrainedPruner", "global_threshold_sparsities", "sensitivity_scan"]
-
-
-def _check_scores(scores, layers):
-    if scores is None:
-        return {n: m.weight.detach().abs() for n, m in layers.items()}
-    if not isinstance(scores, Mapping):
-        raise TypeError("scores must be a {layer_name: tensor} dict (see deeplsp_helpers.criteria)")
-    for n, s in scores.items():
-        if n in layers and (not isinstance(s, torch.Tensor) or s.shape != layers[n].weight.shape):
-            raise ValueError(f"scores[{n!r}] must be a tensor of shape {tuple(layers[n].weight.shape)}")
-    return scores
 
 
 class FineGrainedPruner:
@@ -53,7 +42,7 @@ class FineGrainedPruner:
         unknown = sorted(set(sparsity_dict) - set(layers))
         if unknown:
             raise ValueError(f"unknown layers {unknown}; prunable layers are {sorted(layers)}")
-        scores = _check_scores(scores, layers)
+        scores = layer_scores({n: layers[n] for n in sparsity_dict}, scores)
         self.masks = {n: fine_grained_mask(scores[n], s) for n, s in sparsity_dict.items()}
 
     @torch.no_grad()
@@ -77,7 +66,7 @@ def global_threshold_sparsities(model: nn.Module, sparsity: float, scores=None) 
     """Per-layer sparsities that one global threshold on the scores (default |w|) gives for an overall
     ``sparsity`` over all Conv2d/Linear weights."""
     layers = prunable_layers(model)
-    scores = _check_scores(scores, layers)
+    scores = layer_scores(layers, scores)
     flat = torch.cat([scores[n].flatten() for n in layers])
     mask = fine_grained_mask(flat, sparsity)
     out, start = {}, 0
@@ -105,7 +94,7 @@ def sensitivity_scan(model: nn.Module, loader: Iterable, sparsities: Sequence[fl
         raise ValueError(f"unknown layers {unknown}; prunable layers are {sorted(all_layers)}")
     if not sparsities:
         raise ValueError("sparsities must not be empty")
-    scores = _check_scores(scores, all_layers)
+    scores = layer_scores({n: all_layers[n] for n in names}, scores)
     result = {}
     for n in names:
         accs = []

@@ -18,6 +18,7 @@ from torch import nn
 
 from ._validate import check_bool, check_module
 from .files import atomic_write, regular_file
+from .masks import masked_layers
 from .models import build_model
 
 __all__ = ["save_pruned", "load_pruned", "pack_sparse", "unpack_sparse"]
@@ -114,8 +115,10 @@ def save_pruned(model: nn.Module, arch: str, path: str | os.PathLike, *, sparse:
     build_model(arch)  # validates the name
     arch = arch.lower()
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    if any(k.endswith(("_orig", "_mask")) for k in state):
-        raise ValueError("model still has pruning masks; call remove_pruning_masks(model) before saving")
+    masked = [n or "the model itself" for n in masked_layers(model)]
+    if masked:
+        raise ValueError(f"model still has pruning masks (in {', '.join(masked)}); call remove_pruning_masks(model) "
+                         "before saving")
     try:  # refuse now a file that could never be loaded, rather than at load time
         _rebuild(build_model(arch), state)
     except (RuntimeError, KeyError, ValueError, IndexError) as err:

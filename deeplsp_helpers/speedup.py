@@ -24,7 +24,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ._validate import check_fraction, check_ints
+from ._modes import eval_mode
+from ._validate import check_fraction, check_ints, check_number
 from .channels import collapse_channels, coupled_groups, layer_widths, prunable_dims  # noqa: F401 (prunable_dims: re-exported)
 from .latency_model import LatencyTable
 
@@ -42,9 +43,7 @@ def _macs(widths, table: LatencyTable) -> float:
 
 
 def _check_request(target_speedup, cost, max_pruning_ratio) -> None:
-    if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) \
-            or not math.isfinite(target_speedup) or target_speedup <= 1:
-        raise ValueError(f"target_speedup must be a number > 1, got {target_speedup!r}")
+    check_number(target_speedup, "target_speedup", 1)
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
     check_fraction(max_pruning_ratio, "max_pruning_ratio", low_open=True)
@@ -62,9 +61,7 @@ def _greedy_plan(model, example_inputs, target_speedup, table, cost, importance,
                          f"not {list(example_inputs.shape[1:])}")
     round_to = table.meta["round_to"] if round_to is None else round_to  # 0 is an error, not "the default"
     check_ints(("round_to", round_to, 1))
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         _, groups = coupled_groups(model, example_inputs[:1], ignored_layers)
         importance = importance or tp.importance.GroupMagnitudeImportance(p=1, normalizer="mean")
         scored = []
@@ -77,8 +74,6 @@ def _greedy_plan(model, example_inputs, target_speedup, table, cost, importance,
             most = round_to * math.floor(n * max_pruning_ratio / round_to)
             cum = torch.cat([torch.zeros(1), torch.cumsum(imp.detach().float().cpu()[order], 0)])
             scored.append({"group": group, "effects": effects, "order": order, "most": most, "cum": cum, "k": 0})
-    finally:
-        model.train(was)
     widths = {n: list(w) for n, w in layer_widths(model).items()}
     dense_ms = table.predict_widths(widths)
     goal = dense_ms / target_speedup

@@ -42,7 +42,7 @@ class LatencyAwareImportance(tp.importance.GroupMagnitudeImportance):
 
     Build it with :meth:`from_model`. The magnitude criterion follows Li et al., "Pruning Filters for
     Efficient ConvNets", arXiv:1608.08710; weighting by measured latency is in the spirit of
-    NetAdapt (Yang et al., arXiv:1804.03230) and HALP (Shen et al., arXiv:2110.10811).
+    NetAdapt (Yang et al., arXiv:1804.03230) and HALP (Shen et al., arXiv:2210.06659).
     """
 
     def __init__(self, costs: dict[nn.Module, float], p: int = 1):

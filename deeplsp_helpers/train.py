@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import os
 import time
 from typing import Callable, Iterable, Sequence
@@ -26,7 +25,8 @@ from torch import nn
 from tqdm import tqdm
 
 from . import get_device
-from ._validate import check_bool, check_ints, check_labels, check_module
+from ._modes import eval_mode
+from ._validate import check_bool, check_ints, check_labels, check_module, check_number
 
 __all__ = ["evaluate", "train", "fine_tune", "distillation_loss", "progress_enabled", "with_teacher_outputs",
            "channels_last"]
@@ -107,34 +107,24 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
     check_module(model)
     _check_loader(loader, "loader")
     device = torch.device(device) if device is not None else _model_device(model)
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    try:
-        with channels_last(model, device.type == "cpu") as cl, torch.inference_mode():
-            for batch in loader:
-                X, y = batch[0], batch[1]
-                y_hat = model(_to_input(X, device, cl))
-                check_labels(y, y_hat, "the loader's labels y")  # [N, 1] or one-hot labels: a wrong number, no error
-                correct += (y_hat.argmax(1) == y.to(device)).sum().item()
-                total += len(y)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), channels_last(model, device.type == "cpu") as cl, torch.inference_mode():
+        for batch in loader:
+            X, y = batch[0], batch[1]
+            y_hat = model(_to_input(X, device, cl))
+            check_labels(y, y_hat, "the loader's labels y")  # [N, 1] or one-hot labels: a wrong number, no error
+            correct += (y_hat.argmax(1) == y.to(device)).sum().item()
+            total += len(y)
     if total == 0:
         raise ValueError("loader yielded no samples")
     return 100.0 * correct / total
 
 
 def _logits(model: nn.Module, X: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    was = model.training
-    model.eval()
     device = _model_device(model)
-    try:
-        with channels_last(model, device.type == "cpu") as cl, torch.inference_mode():
-            return torch.cat([model(_to_input(X[i:i + batch_size], device, cl)).float().cpu()
-                              for i in range(0, len(X), batch_size)])
-    finally:
-        model.train(was)
+    with eval_mode(model), channels_last(model, device.type == "cpu") as cl, torch.inference_mode():
+        return torch.cat([model(_to_input(X[i:i + batch_size], device, cl)).float().cpu()
+                          for i in range(0, len(X), batch_size)])
 
 
 def with_teacher_outputs(teacher: nn.Module, dataset):
@@ -235,10 +225,8 @@ def _make_optimizer(model, optimizer: str, lr: float, weight_decay: float, momen
 
 def _check_hparams(num_epochs, lr, weight_decay):
     check_ints(("num_epochs", num_epochs, 0))
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    check_number(lr, "lr", 0)
+    check_number(weight_decay, "weight_decay", 0, strict=False)
 
 
 def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = None, *, num_epochs: int = 5,

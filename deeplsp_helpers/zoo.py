@@ -348,7 +348,7 @@ def _make_pruned(name: str, directory: Path, progress: bool | None, force: bool 
     entry = {
         "file": path.name, "sha256": _sha256(path), "val_acc": round(val_acc, 2), "test_acc": round(test_acc, 2),
         "params": metrics.count_parameters(model), "nonzero_params": metrics.count_parameters(model, nonzero_only=True),
-        "widths": [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)],
+        "widths": metrics.conv_widths(model),
         "seed": SEED, "recipe": dict(recipe), "train_seconds": round(time.perf_counter() - start, 1),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
         "trained_on": time.strftime("%Y-%m-%d"),

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from deeplsp_helpers import deploy, latency
+from deeplsp_helpers import deploy, latency, masks
 from deeplsp_helpers.deeplsp import remove_pruning_masks
 
 
@@ -40,6 +40,18 @@ def test_exported_model_matches_pytorch_at_two_batch_sizes(exported):
     assert model.training
 
 
+def test_export_names_the_graph_input_and_output(tmp_path):
+    path = deploy.export_onnx(tiny_convnet(), torch.randn(1, 1, 28, 28), tmp_path / "m.onnx", input_name="pixels",
+                              output_name="scores")
+    session = deploy.ort_session(path)
+    assert [i.name for i in session.get_inputs()] == ["pixels"] and [o.name for o in session.get_outputs()] == ["scores"]
+    assert session.get_inputs()[0].shape[0] == "batch"
+    with pytest.raises(TypeError, match="input_name"):
+        deploy.export_onnx(tiny_convnet(), torch.randn(1, 1, 28, 28), tmp_path / "n.onnx", input_name="")
+    with pytest.raises(ValueError, match="differ"):
+        deploy.export_onnx(tiny_convnet(), torch.randn(1, 1, 28, 28), tmp_path / "n.onnx", output_name="input")
+
+
 def test_fixed_batch_export_refuses_another_batch_size(tmp_path):
     path = deploy.export_onnx(tiny_convnet(), torch.randn(2, 1, 28, 28), tmp_path / "m.onnx", dynamic_batch=False)
     ort_model = deploy.OrtModel(deploy.ort_session(path))
@@ -62,12 +74,12 @@ def test_model_with_prune_masks_is_refused_until_they_are_removed(tmp_path):
 def test_a_buffer_named_like_a_mask_is_not_a_prune_mask(tmp_path):
     model = tiny_convnet()
     model.register_buffer("attention_mask", torch.ones(3))  # not left by torch.nn.utils.prune
-    assert deploy._masked_layers(model) == []
+    assert masks.masked_layers(model) == []
     prune.l1_unstructured(model[4], "bias", amount=0.5)
-    assert deploy._masked_layers(model) == ["4"]
+    assert masks.masked_layers(model) == ["4"]
     for hook in list(model[4]._forward_pre_hooks):         # the hook gone, the weight_orig/weight_mask pair left
         del model[4]._forward_pre_hooks[hook]
-    assert deploy._masked_layers(model) == ["4"]
+    assert masks.masked_layers(model) == ["4"]
 
 
 def test_bad_inputs_are_rejected(tmp_path, exported):

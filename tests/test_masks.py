@@ -1,7 +1,10 @@
 import pytest
 import torch
+from torch import nn
+from torch.nn.utils import prune
 
-from deeplsp_helpers import masks
+from deeplsp_helpers import masks, metrics, serialization
+from deeplsp_helpers.models import build_model
 
 torch.manual_seed(0)
 W2 = torch.randn(6, 10)        # a non-square matrix
@@ -108,3 +111,27 @@ def test_bad_inputs_are_rejected():
         masks.filter_mask(W2, 0.5, p=0)
     with pytest.raises(ValueError):
         masks.fine_grained_mask(torch.empty(0), 0.5)
+
+
+def test_masked_layers_is_the_one_answer_to_does_this_model_carry_prune_masks(tmp_path):
+    model = build_model("lenet")
+    model.register_buffer("attention_mask", torch.ones(3))   # a plain buffer named like a mask: not a prune mask
+    assert masks.masked_layers(model) == []
+    with pytest.raises(ValueError, match="does not fit arch"):  # refused for the extra buffer, not as a prune mask
+        serialization.save_pruned(model, "lenet", tmp_path / "a.pt")
+    del model.attention_mask
+    layer_name, layer = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear))
+    prune.l1_unstructured(layer, "weight", amount=0.5)
+    prune.random_unstructured(layer, "bias", amount=0.5)
+    assert masks.masked_layers(model) == [layer_name]
+    assert masks.pruned_tensors(layer) == ["weight", "bias"]
+    assert metrics.count_parameters(model, nonzero_only=True) < metrics.count_parameters(model)
+    with pytest.raises(ValueError, match=f"pruning masks \\(in {layer_name}\\)"):
+        serialization.save_pruned(model, "lenet", tmp_path / "b.pt")
+    root = nn.Linear(3, 2)
+    prune.l1_unstructured(root, "weight", amount=0.5)
+    for hook in list(root._forward_pre_hooks):                   # the hook gone, the weight_orig/weight_mask pair left
+        del root._forward_pre_hooks[hook]
+    assert masks.masked_layers(root) == [""] and masks.pruned_tensors(root) == ["weight"]
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        masks.masked_layers(torch.ones(2))

@@ -86,3 +86,11 @@ def test_weight_sparsity_counts_conv_and_linear_weights_only():
     assert metrics.weight_sparsity(model) == pytest.approx(model.fc1.weight.numel() / total)
     with pytest.raises(ValueError):
         metrics.weight_sparsity(nn.ReLU())
+
+
+def test_conv_widths_lists_every_convolution_in_module_order():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Sequential(nn.Conv2d(4, 6, 1), nn.Linear(6, 2)))
+    assert metrics.conv_widths(model) == [4, 6]
+    assert metrics.conv_widths(nn.Linear(2, 2)) == []
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        metrics.conv_widths([4, 6])

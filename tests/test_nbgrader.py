@@ -17,14 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import check_cases  # noqa: E402  (the right and known-wrong answers of every exercise)
 import nbgrader_course  # noqa: E402
 import teacher_cases  # noqa: E402
-import test_checks as answers  # noqa: E402  (the right and known-wrong answers of every exercise)
+import test_checks_ch04  # noqa: E402
 
 from deeplsp_helpers import checks  # noqa: E402
 
 CHAPTER = "04_torch_nn_utils_prune"  # the round trip's chapter: the shortest to execute (about 10 s)
-WRONG_EXERCISE = "check_strip_pruning"  # (c) gets one known-wrong answer here, from tests/test_checks.py
+WRONG_EXERCISE = "check_strip_pruning"  # (c) gets one known-wrong answer here, from tests/test_checks_ch04.py
+RIGHT, RIGHT_ALSO, WRONG = check_cases.all_answers()
 
 
 def _run_quietly(fn, args):
@@ -40,23 +42,23 @@ def test_every_check_has_teacher_only_cases():
     assert names == sorted(n[len("teacher_"):] for n in vars(teacher_cases) if n.startswith("teacher_"))
 
 
-@pytest.mark.parametrize("name", sorted(answers.RIGHT))
+@pytest.mark.parametrize("name", sorted(RIGHT))
 def test_teacher_only_cases_pass_every_right_answer(name):
     case = getattr(teacher_cases, f"teacher_{name}")
-    for right in [answers.RIGHT[name]] + answers.RIGHT_ALSO.get(name, [])[1:]:
-        assert "passed" in _run_quietly(case, answers._args(right))
+    for right in [RIGHT[name]] + RIGHT_ALSO.get(name, [])[1:]:
+        assert "passed" in _run_quietly(case, check_cases.args_of(right))
 
 
-@pytest.mark.parametrize("name", sorted(answers.RIGHT))
+@pytest.mark.parametrize("name", sorted(RIGHT))
 def test_teacher_only_cases_catch_known_wrong_answers(name):
     case = getattr(teacher_cases, f"teacher_{name}")
     caught = 0
-    for wrong in answers.WRONG[name]:
+    for wrong in WRONG[name]:
         try:
-            _run_quietly(case, answers._args(wrong))
+            _run_quietly(case, check_cases.args_of(wrong))
         except Exception:  # an assert, or the wrong answer's own crash
             caught += 1
-    assert caught >= 2, f"the teacher-only cases of {name} catch {caught} of {len(answers.WRONG[name])} wrong answers"
+    assert caught >= 2, f"the teacher-only cases of {name} catch {caught} of {len(WRONG[name])} wrong answers"
 
 
 def test_the_installed_package_does_not_hold_the_teacher_only_cases():
@@ -152,7 +154,7 @@ def test_nbgrader_round_trip_gives_full_none_and_all_but_one_exercise(tmp_path):
     assert "HIDDEN TESTS" not in released and "teacher_" not in released and "BEGIN SOLUTION" not in released
     assert "super().apply(module, name, threshold=threshold)" not in released  # a solution line of the chapter
 
-    wrong = inspect.getsource(answers._remove_weight_only).replace("def _remove_weight_only(", "def strip_pruning(")
+    wrong = inspect.getsource(test_checks_ch04._remove_weight_only).replace("def _remove_weight_only(", "def strip_pruning(")
     submissions = {"solutions": _submission(release, source), "untouched": release,
                    "one_wrong": _submission(release, source, {f"{WRONG_EXERCISE}_solution": wrong})}
     for student, nb in submissions.items():

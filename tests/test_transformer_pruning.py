@@ -129,7 +129,7 @@ def test_scores_and_weights_are_validated():
         tpr.wanda_scores(torch.randn(2, 3), torch.ones(2))  # one norm per input column, not per output row
     with pytest.raises(ValueError, match="non-negative"):
         tpr.wanda_scores(torch.randn(2, 3), -torch.ones(3))
-    with pytest.raises(ValueError, match="2-D"):
+    with pytest.raises(ValueError, match="2 dimensions"):
         tpr.wanda_scores(torch.randn(2, 3, 1), torch.ones(3))
     with pytest.raises(TypeError):
         tpr.row_mask(torch.arange(6).reshape(2, 3), 0.5)

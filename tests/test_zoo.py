@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from deeplsp_helpers import data, models, train, zoo
+from deeplsp_helpers import data, metrics, models, train, zoo
 
 # Accuracy each committed checkpoint must reach, on the validation split (the split checkpoints are selected on;
 # the test split is only recorded in the manifest and checked here for reproducibility, never as a target).
@@ -26,7 +26,7 @@ def test_a_pruned_reference_model_loads_with_its_widths_and_is_within_a_few_poin
     base = zoo.PRUNED_RECIPES[name]["base"]
     entry, dense = zoo.read_manifest()[name], zoo.read_manifest()[base]
     assert not model.training and type(model) is type(models.build_model(base))
-    assert [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)] == entry["widths"]
+    assert metrics.conv_widths(model) == entry["widths"]
     assert sum(p.numel() for p in model.parameters()) == entry["params"] < dense["params"]
     val = train.evaluate(model, data.BatchLoader(splits.val, 1000))
     assert val == pytest.approx(entry["val_acc"], abs=0.011) and val >= dense["val_acc"] - 3.5

@@ -15,17 +15,10 @@ from ._harness import CheckFailed, _call, _callable, _expect, _Gain, _own_rng, _
 
 def _session(model, x, input_name):
     """An ONNX Runtime session (1 thread) for ``model`` exported with its input called ``input_name``."""
-    import warnings
-
-    from ..deploy import _TORCHSCRIPT_EXPORTER, ort_session
+    from ..deploy import export_onnx, ort_session
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model.eval(), (x,), str(path), input_names=[input_name], output_names=["scores"],
-                              dynamic_axes={input_name: {0: "n"}, "scores": {0: "n"}}, opset_version=17,
-                              **_TORCHSCRIPT_EXPORTER)
+        path = export_onnx(model, x, Path(tmp) / "model.onnx", input_name=input_name, output_name="scores")
         return ort_session(path, threads=1)  # the session holds the graph in memory: the file may go
 
 
