@@ -172,8 +172,16 @@ def remove_pruning_masks(model: nn.Module) -> nn.Module:
     """Make every prune mask permanent: plain ``weight`` parameters, no ``*_orig``/``*_mask`` keys, no hooks."""
     check_module(model)
     for m in model.modules():
+        hooked = {h._tensor_name for h in m._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)}
         for name in pruned_tensors(m):
-            prune.remove(m, name)
+            if name in hooked:
+                prune.remove(m, name)
+            else:  # the pair pruning leaves, its hook deleted: the same result by hand (weight = orig * mask)
+                orig, mask = getattr(m, f"{name}_orig"), getattr(m, f"{name}_mask")
+                del m._parameters[f"{name}_orig"], m._buffers[f"{name}_mask"]
+                if name in m.__dict__:
+                    del m.__dict__[name]
+                m.register_parameter(name, nn.Parameter((orig * mask).detach(), requires_grad=orig.requires_grad))
     return model
 
 

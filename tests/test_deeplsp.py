@@ -4,6 +4,7 @@ import sys
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from deeplsp_helpers import data, deeplsp, metrics, models, serialization
 
@@ -313,3 +314,14 @@ def test_the_cli_takes_model_names_in_any_case():
 
     args = build_parser().parse_args(["--model", "VGG", "--structured", "0.5", "--out", "x.pt"])
     assert args.model == "vgg"  # as load_pretrained("VGG") takes it
+
+
+def test_remove_pruning_masks_also_makes_a_mask_pair_without_its_hook_permanent():
+    layer = nn.Linear(4, 3)
+    prune.l1_unstructured(layer, "weight", amount=0.5)
+    expected = layer.weight.detach().clone()
+    for k in list(layer._forward_pre_hooks):  # e.g. a model whose hooks were lost on the way
+        del layer._forward_pre_hooks[k]
+    deeplsp.remove_pruning_masks(layer)
+    assert set(dict(layer.named_parameters())) == {"weight", "bias"} and not list(layer.named_buffers())
+    assert torch.equal(layer.weight, expected) and int((layer.weight == 0).sum()) == 6
