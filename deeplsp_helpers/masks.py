@@ -71,21 +71,43 @@ def fine_grained_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
     return _keep_top(w.abs(), _check_sparsity(sparsity)).to(w.dtype)
 
 
-def nm_mask(w: torch.Tensor, n: int = 2, m: int = 4, dim: int = -1) -> torch.Tensor:
+def nm_mask(w: torch.Tensor, n: int = 2, m: int = 4, dim: int | None = None) -> torch.Tensor:
     """N:M sparsity: keep the ``n`` largest |w| in every run of ``m`` consecutive weights along ``dim``.
 
-    When the length along ``dim`` is not a multiple of ``m``, the last, shorter run of ``r`` weights keeps
-    ``min(n, r)``. 2:4 is the pattern NVIDIA's sparse tensor cores accelerate (Mishra et al.,
-    "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378).
+    ``dim`` defaults to the input dimension, 1, of a weight ``[out, in, *kernel]``: the rows of a Linear
+    weight ``[out, in]``, and for a convolution ``[out, in, kh, kw]`` groups of ``m`` *input channels* at
+    every (output channel, kernel position). That is the layout NVIDIA's sparse tensor cores read and its
+    ASP library prunes (a conv weight is seen as the matrix ``[out * kh * kw, in]``), not runs of the
+    flattened ``in * kh * kw`` that would straddle kernels. A 1-D tensor is grouped along its only dimension.
+
+    Lengths that are not a multiple of ``m``:
+
+    - a vector or a matrix: the last, shorter run of ``r`` weights keeps ``min(n, r)`` (a definition for any
+      matrix; sparse tensor cores only run complete groups);
+    - a convolution weight (3 or more dimensions): refused with a ``ValueError``. Such a layer, e.g. a first
+      convolution with 1 or 3 input channels, cannot hold the pattern the hardware needs, and keeping
+      ``min(n, r)`` of a short group would leave it silently dense; leave it dense, as ASP does (it skips such
+      layers with a message). Pad or choose the channels first if it must be N:M.
+
+    2:4 is the pattern NVIDIA's sparse tensor cores accelerate (Mishra et al., "Accelerating Sparse Deep
+    Neural Networks", arXiv:2104.08378).
     """
     w = check_tensor(w, "weight", floating=True, min_ndim=1)
     check_ints(("n", n, 1), ("m", m, 1))
     if n > m:
         raise ValueError(f"N:M needs n <= m, got n={n}, m={m}")
-    if not -w.ndim <= dim < w.ndim:
-        raise ValueError(f"dim {dim} is out of range for a {w.ndim}-D tensor")
+    if dim is None:
+        dim = 1 if w.ndim >= 2 else 0                      # the input dimension of [out, in, *kernel]
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -w.ndim <= dim < w.ndim:
+        raise ValueError(f"dim must be an int in [{-w.ndim}, {w.ndim - 1}] for a {w.ndim}-D tensor, got {dim!r}")
+    length = w.shape[dim]
+    if w.ndim >= 3 and length % m:
+        raise ValueError(
+            f"{n}:{m} groups {m} entries along dim {dim % w.ndim} of this {w.ndim}-D (convolution) weight "
+            f"{tuple(w.shape)}, which has {length}, not a multiple of {m}: such a layer cannot hold the N:M "
+            f"pattern (e.g. a first convolution with 1 input channel); leave this layer dense (NVIDIA's ASP, too, "
+            f"skips layers whose shape the sparse kernels cannot run)")
     moved = w.abs().movedim(dim, -1)                       # [..., L]
-    length = moved.shape[-1]
     pad = (-length) % m
     scores = torch.nn.functional.pad(moved, (0, pad), value=-math.inf) if pad else moved
     groups = scores.reshape(-1, m)                         # [G, m]

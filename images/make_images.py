@@ -52,14 +52,15 @@ def pruning_overview(path: Path) -> None:
 def granularity(path: Path) -> None:
     """One convolution weight [out 6, in 4, 3x3] pruned to 50 % at each granularity of chapter 01, with the
     package's own masks (deeplsp_helpers.masks). Each row is one filter, its in x kh x kw weights flattened
-    (input channel by input channel, each 3x3 kernel row by row): the rows a matrix multiply sums over."""
+    (input channel by input channel, each 3x3 kernel row by row). 2:4 groups 4 input channels at one kernel
+    position (columns j, j + 9, j + 18, j + 27 of a row), as sparse tensor cores do; one group is outlined."""
     from deeplsp_helpers import masks
 
     out_ch, in_ch, k = 6, 4, 3
     w = torch.randn(out_ch, in_ch, k, k, generator=torch.Generator().manual_seed(0))
     drawn = {
         "fine-grained: single weights": masks.fine_grained_mask(w, 0.5),
-        "N:M 2:4 (semi-structured): 2 kept in every 4": masks.nm_mask(w.reshape(out_ch, -1), 2, 4).reshape_as(w),
+        "2:4: 2 of every 4 input channels, at each kernel position": masks.nm_mask(w, 2, 4),
         "vector: one row of a kernel (3 weights)": masks.vector_mask(w, 0.5),
         "kernel: one 3×3 kernel": masks.kernel_mask(w, 0.5),
         "filter: one output channel, w[o]": masks.filter_mask(w, 0.5),
@@ -78,9 +79,13 @@ def granularity(path: Path) -> None:
         ax.set_xticks([i * k * k + (k * k - 1) / 2 for i in range(in_ch)], [f"in {i}" for i in range(in_ch)])
         ax.set_yticks(range(out_ch), [f"out {o}" for o in range(out_ch)])
         ax.tick_params(which="both", length=0, labelsize=7)
+        if name.startswith("2:4"):  # outline one group: out 0, kernel position (0, 0), input channels 0..3
+            for i in range(in_ch):
+                ax.add_patch(plt.Rectangle((i * k * k - 0.5, -0.5), 1, 1, fill=False, edgecolor=RED, lw=2.5, zorder=10))
         ax.set_title(f"{name} ({1 - m.mean():.0%} pruned)", fontsize=10)
     fig.suptitle(f"one convolution weight [out {out_ch}, in {in_ch}, {k}×{k}] at six granularities (blue = kept, "
-                 f"grey = pruned)\neach row is one filter: its {in_ch} kernels side by side, each kernel row by row",
+                 f"grey = pruned)\neach row is one filter: its {in_ch} kernels side by side, each kernel row by row; "
+                 f"red: one 2:4 group",
                  fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

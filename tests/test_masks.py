@@ -47,7 +47,43 @@ def test_nm_handles_rows_that_are_not_a_multiple_of_m():
     assert mask.tolist() == [[0, 0, 1, 1, 0, 0, 1, 1, 1, 1]]
     w3 = torch.arange(1.0, 8.0).reshape(1, 7)        # last group has 3 < m entries, keeps 2 of them
     assert masks.nm_mask(w3, 2, 4).tolist() == [[0, 0, 1, 1, 0, 1, 1]]
-    assert masks.nm_mask(W4, 2, 4, dim=1).shape == W4.shape  # along a dimension of length 3
+    assert masks.nm_mask(W4, 2, 3, dim=1).shape == W4.shape  # a conv weight: complete groups along its 3 inputs
+
+
+@pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (3, 4), (2, 8)])
+def test_nm_on_a_convolution_groups_input_channels_at_every_kernel_position(n, m):
+    w = torch.randn(6, 16, 3, 2)                      # [out, in, kh, kw], a non-square kernel
+    mask = masks.nm_mask(w, n, m)
+    assert mask.shape == w.shape
+    per_group = mask.reshape(6, 16 // m, m, 3, 2).sum(2)  # groups of m consecutive input channels
+    assert (per_group == n).all()                          # exactly n at every (out, group, kh, kw)
+    # inside each group, no dropped |w| is larger than a kept one
+    g, kept = w.abs().reshape(6, 16 // m, m, 3, 2), mask.bool().reshape(6, 16 // m, m, 3, 2)
+    inf = torch.tensor(float("inf"))
+    assert (torch.where(kept, g, inf).amin(2) >= torch.where(kept, -inf, g).amax(2)).all()
+    # the same as NVIDIA ASP's layout: the weight as a matrix [kh * kw * out, in], groups along its rows
+    as_matrix = w.permute(2, 3, 0, 1).reshape(-1, 16)
+    asp = masks.nm_mask(as_matrix, n, m).reshape(3, 2, 6, 16).permute(2, 3, 0, 1)
+    assert torch.equal(mask, asp)
+    # not the old grouping of the flattened in x kh x kw row, which straddles kernels
+    assert not torch.equal(mask, masks.nm_mask(w.flatten(1), n, m).reshape(w.shape)) or n == m
+
+
+def test_nm_refuses_a_convolution_whose_input_channels_are_not_a_multiple_of_m():
+    with pytest.raises(ValueError, match=r"1, not a multiple of 4.*leave this layer dense"):
+        masks.nm_mask(torch.randn(32, 1, 3, 3), 2, 4)   # a first convolution on grey images
+    with pytest.raises(ValueError, match="6, not a multiple of 4"):
+        masks.nm_mask(torch.randn(16, 6, 5, 5), 2, 4)
+    with pytest.raises(ValueError, match="not a multiple"):
+        masks.nm_mask(torch.randn(8, 4, 3), 2, 4, dim=-1)  # any grouped dimension of a conv weight
+    assert masks.nm_mask(torch.randn(16, 8, 5), 2, 4).reshape(16, 2, 4, 5).sum(2).eq(2).all()  # Conv1d: fine
+
+
+def test_nm_on_a_matrix_groups_the_input_dimension_as_before():
+    w = torch.randn(7, 10)                                  # Linear [out, in]; 10 = 4 + 4 + 2
+    assert torch.equal(masks.nm_mask(w, 2, 4), masks.nm_mask(w, 2, 4, dim=1))
+    assert torch.equal(masks.nm_mask(w, 2, 4), masks.nm_mask(w, 2, 4, dim=-1))
+    assert torch.equal(masks.nm_mask(w[0], 2, 4), masks.nm_mask(w, 2, 4)[0])  # a 1-D tensor: its only dim
 
 
 def test_nm_with_ties_keeps_exactly_n():
@@ -103,6 +139,8 @@ def test_bad_inputs_are_rejected():
         masks.nm_mask(W2, 0, 4)
     with pytest.raises(ValueError):
         masks.nm_mask(W2, 2, 4, dim=3)
+    with pytest.raises(ValueError, match="dim must be an int"):
+        masks.nm_mask(W2, 2, 4, dim=1.0)
     with pytest.raises(ValueError, match="4 dimensions"):
         masks.kernel_mask(W2, 0.5)
     with pytest.raises(ValueError):
