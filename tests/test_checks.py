@@ -124,9 +124,20 @@ def pick_on_validation(models, loaders):
     return max(models, key=lambda name: train.evaluate(models[name], loaders.val))
 
 
-def spearman(a, b):
-    ranks = torch.stack([a.flatten().argsort().argsort(), b.flatten().argsort().argsort()]).double()
-    return torch.corrcoef(ranks)[0, 1].item()
+def obs_step(w, H_inv, q):
+    increase = w[q].item() ** 2 / (2 * H_inv[q, q].item())
+    return increase, w - w[q] / H_inv[q, q] * H_inv[:, q]
+
+
+def obs_step_solved(w, H_inv, q):  # another correct answer: from H, in float32, as a list
+    H = torch.linalg.inv(H_inv).float()
+    keep = [i for i in range(len(w)) if i != q]
+    new_w = w.float().clone()
+    new_w[q] = 0.0
+    if keep:  # the others minimise 1/2 d^T H d given d_q = -w_q: H_kk d_k = H_kq w_q
+        new_w[keep] = w[keep].float() + torch.linalg.solve(H[keep][:, keep], H[keep, q] * w[q].float())
+    d = new_w - w.float()
+    return [float(0.5 * d @ H @ d), new_w]
 
 
 def coupled_layers(model, example_inputs, layer_name):
@@ -820,11 +831,15 @@ WRONG_TOLD_00_02_05 = {  # chapters 00, 02, 05: (wrong answer, what the message 
         (lambda models, loaders: models[pick_on_validation(models, loaders)], "name"),
         (lambda models, loaders: next(iter(models)), "best model on validation"),
     ],
-    "spearman": [
-        (lambda a, b: torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item(), "Pearson"),
-        (lambda a, b: torch.corrcoef(torch.stack([a.flatten().argsort(), b.flatten().argsort()]).double())[0, 1].item(),
-         "argsort once"),
-        (lambda a, b: spearman(a, b) > 0, "number"),
+    "obs_step": [
+        (lambda w, H_inv, q: (0.5 * torch.linalg.inv(H_inv)[q, q].item() * w[q].item() ** 2, obs_step(w, H_inv, q)[1]),
+         "OBD's"),
+        (lambda w, H_inv, q: (2 * obs_step(w, H_inv, q)[0], obs_step(w, H_inv, q)[1]), "factor 1/2"),
+        (lambda w, H_inv, q: (obs_step(w, H_inv, q)[0], torch.where(torch.arange(len(w)) == q, 0.0, w)),
+         "compensate"),
+        (lambda w, H_inv, q: (obs_step(w, H_inv, q)[0], w + w[q] / H_inv[q, q] * H_inv[:, q]), "sign"),
+        (lambda w, H_inv, q: obs_step(w, H_inv, q)[1], "pair"),
+        (lambda w, H_inv, q: (0.5 * H_inv[q, q].item() * w[q].item() ** 2, obs_step(w, H_inv, q)[1]), "divide"),
     ],
     "taylor_one_layer": [
         (_no_eval, "eval mode"),
@@ -865,7 +880,7 @@ for _name, _told in WRONG_TOLD_00_02_05.items():  # added to, not replacing, the
 
 RIGHT = {
     "sparse_storage_bits": sparse_storage_bits, "per_image_ms": per_image_ms,
-    "pick_on_validation": pick_on_validation, "spearman": spearman,
+    "pick_on_validation": pick_on_validation, "obs_step": obs_step,
     "taylor_one_layer": one_layer(lambda w, g: (w * g).abs()), "global_masks": global_masks,
     "coupled_layers": coupled_layers, "keep_inputs": keep_inputs, "speedup_at": speedup_at,
     **{name: answers[0] for name, answers in RIGHT_ALSO.items()},  # chapters 01, 03, 04, 06-08: the notebook's answer
@@ -938,6 +953,12 @@ def test_unwritten_exercise_says_so(name):
                                                           "apply": classmethod(unwritten)})
     with pytest.raises(checks.CheckFailed, match="not written yet"):
         getattr(checks, f"check_{name}")(*[stub] * len(_args(RIGHT[name])))
+
+
+def test_obs_step_accepts_any_correct_answer(capsys):
+    checks.check_obs_step(obs_step_solved)  # solved from H, float32, returned as a list
+    checks.check_obs_step(lambda w, H_inv, q: (torch.tensor(obs_step(w, H_inv, q)[0]), obs_step(w, H_inv, q)[1].float()))
+    assert capsys.readouterr().out.count("hidden cases passed") == 2
 
 
 def test_checks_reject_a_value_instead_of_a_function():
