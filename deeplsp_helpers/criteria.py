@@ -43,10 +43,20 @@ def magnitude(model: nn.Module, p: float = 1) -> dict[str, torch.Tensor]:
     return {n: m.weight.detach().abs().pow(p).clone() for n, m in prunable_layers(model).items()}
 
 
+def _check_plain_weights(layers: dict[str, nn.Module]) -> None:
+    """``ValueError`` for a layer whose weight is recomputed in the forward pass (torch.nn.utils.prune's
+    weight_orig * weight_mask): a gradient with respect to it would be zero or fail."""
+    for n, m in layers.items():
+        if not isinstance(m.weight, nn.Parameter):
+            raise ValueError(f"layer {n!r} has a pruning reparametrisation (weight_orig * weight_mask): gradient "
+                             f"criteria need plain weights; call torch.nn.utils.prune.remove(module, 'weight') first")
+
+
 def _per_batch_grads(model: nn.Module, batches: Iterable, layers: dict[str, nn.Module]):
     """Yield ``{name: dL/dw}`` for every (X, y) batch, in eval mode, the model's mode restored after."""
     if batches is None or not hasattr(batches, "__iter__"):
         raise TypeError("batches must be an iterable of (X, y) calibration batches")
+    _check_plain_weights(layers)
     was = model.training
     model.eval()
     weights = [m.weight for m in layers.values()]
@@ -100,6 +110,7 @@ def _per_example_squared_grads(model: nn.Module, batches: Iterable, layers: dict
 
     if batches is None or not hasattr(batches, "__iter__"):
         raise TypeError("batches must be an iterable of (X, y) calibration batches")
+    _check_plain_weights(layers)
     key = {n: f"{n}.weight" if n else "weight" for n in layers}  # "" when the model is itself one layer
     weights = {key[n]: m.weight.detach() for n, m in layers.items()}
     fixed = {n: p.detach() for n, p in model.named_parameters() if n not in weights}
@@ -140,8 +151,8 @@ def obd(model: nn.Module, batches: Iterable, fisher: str = "per_example",
         batches: an iterable of (X, y) calibration batches (from the training split).
         fisher: ``"per_example"`` (default, the empirical Fisher above) or ``"batch"``: the square of each
             batch-mean gradient, averaged over batches, (mean g)^2 + Var(g)/B for batches of B. With it the saliency is
-            1/2 * mean over batches of (w * g_batch)^2, the square of the Taylor term: it ranks weights almost as
-            ``taylor`` does (exactly as it does for one batch). Kept to show that difference.
+            1/2 * mean over batches of (w * g_batch)^2, the square of the Taylor term: it ranks weights much as
+            ``taylor`` does (identically for one batch). Kept to show that difference.
         chunk_size: examples per vectorised step of the per-example gradients (memory bound); None for a whole batch.
 
     Returns:

@@ -85,6 +85,10 @@ def test_obd_is_half_w_squared_times_the_per_example_empirical_fisher():
     with pytest.raises(ValueError, match="empty"):
         criteria.obd(model, [])
     assert list(criteria.obd(nn.Linear(3, 2), [(torch.randn(4, 3), torch.tensor([0, 1, 1, 0]))])) == [""]
+    torch.nn.utils.prune.l1_unstructured(model[4], "weight", 0.5)  # weight = weight_orig * mask, recomputed
+    for fn in (criteria.obd, criteria.taylor):  # a gradient w.r.t. it would be zero (or fail): refused by name
+        with pytest.raises(ValueError, match="prune.remove"):
+            fn(model, batches)
 
 
 def _quadratic(n, seed):
