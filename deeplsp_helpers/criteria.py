@@ -2,7 +2,7 @@
 
 Every function returns ``{layer_name: score}`` with one score tensor of the weight's shape for each
 ``Conv2d``/``Linear`` layer (``bn_scale``: one score per BatchNorm channel). Data-driven criteria accumulate
-over several calibration batches, one gradient per batch, never a single saved gradient.
+over several calibration batches, one gradient per batch (``obd``: one per example), never a single saved gradient.
 """
 
 from __future__ import annotations
@@ -62,10 +62,20 @@ def magnitude(model: nn.Module, p: float = 1) -> dict[str, torch.Tensor]:
     return {n: m.weight.detach().abs().pow(p).clone() for n, m in prunable_layers(model).items()}
 
 
+def _check_plain_weights(layers: dict[str, nn.Module]) -> None:
+    """``ValueError`` for a layer whose weight is recomputed in the forward pass (torch.nn.utils.prune's
+    weight_orig * weight_mask): a gradient with respect to it would be zero or fail."""
+    for n, m in layers.items():
+        if not isinstance(m.weight, nn.Parameter):
+            raise ValueError(f"layer {n!r} has a pruning reparametrisation (weight_orig * weight_mask): gradient "
+                             f"criteria need plain weights; call torch.nn.utils.prune.remove(module, 'weight') first")
+
+
 def _per_batch_grads(model: nn.Module, batches: Iterable, layers: dict[str, nn.Module]):
     """Yield ``{name: dL/dw}`` for every (X, y) batch, in eval mode, the model's mode restored after."""
     if batches is None or not hasattr(batches, "__iter__"):
         raise TypeError("batches must be an iterable of (X, y) calibration batches")
+    _check_plain_weights(layers)
     weights = [m.weight for m in layers.values()]
     count = 0
     with eval_mode(model):
@@ -104,16 +114,71 @@ def taylor(model: nn.Module, batches: Iterable) -> dict[str, torch.Tensor]:
     return _batch_mean(model, batches, lambda w, g: (w * g).abs())
 
 
-def obd(model: nn.Module, batches: Iterable) -> dict[str, torch.Tensor]:
-    """Optimal Brain Damage saliency 1/2 * h_ii * w^2 (LeCun, Denker & Solla, NeurIPS 1989).
+def _per_example_squared_grads(model: nn.Module, batches: Iterable, layers: dict[str, nn.Module],
+                                chunk_size: int | None) -> dict[str, torch.Tensor]:
+    """Mean over every calibration example of (dL_n/dw)^2, L_n one example's cross-entropy (eval mode).
 
-    The diagonal of the Hessian is approximated by the **empirical Fisher**: the mean over batches of the
-    squared batch gradient, h_ii ~ E[(dL/dw_i)^2]. It is positive by construction and exact only for a
-    model at a minimum of a log-likelihood loss; with few, large batches it underestimates curvature.
+    One gradient per example with ``torch.func``: ``vmap`` over ``grad`` of a ``functional_call`` that runs the
+    model on a batch of one; ``chunk_size`` examples at a time bounds the memory (None: a whole batch at once).
     """
-    fisher = _batch_mean(model, batches, lambda w, g: g.pow(2))
+    from torch.func import functional_call, grad, vmap
+
+    if batches is None or not hasattr(batches, "__iter__"):
+        raise TypeError("batches must be an iterable of (X, y) calibration batches")
+    _check_plain_weights(layers)
+    key = {n: f"{n}.weight" if n else "weight" for n in layers}  # "" when the model is itself one layer
+    weights = {key[n]: m.weight.detach() for n, m in layers.items()}
+    fixed = {n: p.detach() for n, p in model.named_parameters() if n not in weights}
+    fixed.update(dict(model.named_buffers()))
+
+    def loss_of_one(w: dict, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, {**fixed, **w}, (x.unsqueeze(0),))  # [1, classes]
+        return nn.functional.cross_entropy(out, t.unsqueeze(0))
+
+    per_example = vmap(grad(loss_of_one), in_dims=(None, 0, 0), chunk_size=chunk_size)
+    total = {n: torch.zeros_like(w) for n, w in weights.items()}
+    count = 0
+    with eval_mode(model):
+        for X, y in batches:
+            g = per_example(weights, X, y)  # {name: [N, *weight.shape]}
+            for n in total:
+                total[n] += g[n].pow(2).sum(0)
+            count += len(y)
+    if count == 0:
+        raise ValueError("batches is empty: give at least one (X, y) calibration batch")
+    return {n: total[key[n]] / count for n in layers}
+
+
+def obd(model: nn.Module, batches: Iterable, fisher: str = "per_example",
+        chunk_size: int | None = None) -> dict[str, torch.Tensor]:
+    """Optimal Brain Damage saliency 1/2 * h_ii * w^2 (LeCun, Denker & Solla, "Optimal Brain Damage", NeurIPS 1989).
+
+    The diagonal of the Hessian is approximated by the **empirical Fisher**, the mean over calibration examples
+    of the squared *per-example* gradient, h_ii ~ F_ii = (1/N) sum_n (dL_n/dw_i)^2 = (mean g)^2 + Var_n(g). It is
+    never negative, and close to the Hessian only near a minimum of a log-likelihood loss.
+
+    Args:
+        model: the network; its Conv2d and Linear weights are scored (run in eval mode, mode restored).
+        batches: an iterable of (X, y) calibration batches (from the training split).
+        fisher: ``"per_example"`` (default, the empirical Fisher above) or ``"batch"``: the square of each
+            batch-mean gradient, averaged over batches, (mean g)^2 + Var(g)/B for batches of B. With it the saliency is
+            1/2 * mean over batches of (w * g_batch)^2, the square of the Taylor term: it ranks weights much as
+            ``taylor`` does (identically for one batch). Kept to show that difference.
+        chunk_size: examples per vectorised step of the per-example gradients (memory bound); None for a whole batch.
+
+    Returns:
+        ``{layer_name: saliency}``, one tensor of each weight's shape.
+    """
+    if fisher not in ("per_example", "batch"):
+        raise ValueError(f"fisher must be 'per_example' or 'batch', got {fisher!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     layers = prunable_layers(model)
-    return {n: 0.5 * f * layers[n].weight.detach().pow(2) for n, f in fisher.items()}
+    if fisher == "batch":
+        diag = _batch_mean(model, batches, lambda w, g: g.pow(2))
+    else:
+        diag = _per_example_squared_grads(model, batches, layers, chunk_size)
+    return {n: 0.5 * f * layers[n].weight.detach().pow(2) for n, f in diag.items()}
 
 
 def bn_scale(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -32,9 +32,20 @@ def global_masks(scores, sparsity):
     return out
 
 
-def spearman(a, b):
-    ranks = torch.stack([a.flatten().argsort().argsort(), b.flatten().argsort().argsort()]).double()
-    return torch.corrcoef(ranks)[0, 1].item()
+def obs_step(w, H_inv, q):
+    increase = w[q].item() ** 2 / (2 * H_inv[q, q].item())
+    return increase, w - w[q] / H_inv[q, q] * H_inv[:, q]
+
+
+def obs_step_solved(w, H_inv, q):  # another correct answer: from H, in float32, as a list
+    H = torch.linalg.inv(H_inv).float()
+    keep = [i for i in range(len(w)) if i != q]
+    new_w = w.float().clone()
+    new_w[q] = 0.0
+    if keep:  # the others minimise 1/2 d^T H d given d_q = -w_q: H_kk d_k = H_kq w_q
+        new_w[keep] = w[keep].float() + torch.linalg.solve(H[keep][:, keep], H[keep, q] * w[q].float())
+    d = new_w - w.float()
+    return [float(0.5 * d @ H @ d), new_w]
 
 
 def _global_threshold_masks(scores, sparsity):  # one global threshold that prunes every score tied with it
@@ -75,7 +86,7 @@ def _per_layer_masks(scores, sparsity):
 
 RIGHT = {  # the notebook's answers
     "taylor_one_layer": one_layer(lambda w, g: (w * g).abs()),
-    "spearman": spearman,
+    "obs_step": obs_step,
     "global_masks": global_masks,
 }
 
@@ -87,11 +98,15 @@ WRONG_TOLD = {  # (wrong answer, what the message must say)
         (_taylor_variant(abs_of_mean=True), "mean g"),
         (lambda model, name, batches: one_layer(lambda w, g: (w * g).abs())(model, name, batches).sum(0), "shape"),
     ],
-    "spearman": [
-        (lambda a, b: torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item(), "Pearson"),
-        (lambda a, b: torch.corrcoef(torch.stack([a.flatten().argsort(), b.flatten().argsort()]).double())[0, 1].item(),
-         "argsort once"),
-        (lambda a, b: spearman(a, b) > 0, "number"),
+    "obs_step": [
+        (lambda w, H_inv, q: (0.5 * torch.linalg.inv(H_inv)[q, q].item() * w[q].item() ** 2, obs_step(w, H_inv, q)[1]),
+         "OBD's"),
+        (lambda w, H_inv, q: (2 * obs_step(w, H_inv, q)[0], obs_step(w, H_inv, q)[1]), "factor 1/2"),
+        (lambda w, H_inv, q: (obs_step(w, H_inv, q)[0], torch.where(torch.arange(len(w)) == q, 0.0, w)),
+         "compensate"),
+        (lambda w, H_inv, q: (obs_step(w, H_inv, q)[0], w + w[q] / H_inv[q, q] * H_inv[:, q]), "sign"),
+        (lambda w, H_inv, q: obs_step(w, H_inv, q)[1], "pair"),
+        (lambda w, H_inv, q: (0.5 * H_inv[q, q].item() * w[q].item() ** 2, obs_step(w, H_inv, q)[1]), "divide"),
     ],
     "global_masks": [
         (_global_threshold_masks, "tie"),
@@ -118,3 +133,11 @@ def test_reference_answers_agree_with_the_package():
     batches = [(torch.randn(5, 4), torch.randint(0, 3, (5,)))]
     assert torch.allclose(one_layer(lambda w, g: (w * g).abs())(model, "0", batches), criteria.taylor(model, batches)["0"])
     assert torch.allclose(one_layer(lambda w, g: g.abs())(model, "0", batches), criteria.gradient(model, batches)["0"])
+
+
+def test_obs_step_accepts_any_correct_answer(capsys):
+    from deeplsp_helpers import checks
+
+    checks.check_obs_step(obs_step_solved)  # solved from H, float32, returned as a list
+    checks.check_obs_step(lambda w, H_inv, q: (torch.tensor(obs_step(w, H_inv, q)[0]), obs_step(w, H_inv, q)[1].float()))
+    assert capsys.readouterr().out.count("hidden cases passed") == 2

@@ -40,9 +40,107 @@ def test_gradient_criteria_accumulate_per_batch_and_match_their_formulas(lenet):
     g = torch.stack(grads)
     assert torch.allclose(criteria.gradient(lenet, BATCHES)["fc3"], g.abs().mean(0), atol=1e-7)
     assert torch.allclose(criteria.taylor(lenet, BATCHES)["fc3"], (w.detach() * g).abs().mean(0), atol=1e-7)
-    assert torch.allclose(criteria.obd(lenet, BATCHES)["fc3"], 0.5 * g.pow(2).mean(0) * w.detach() ** 2, atol=1e-9)
+    # obd's "batch" option squares each batch-mean gradient: the seed's form, kept to show the difference
+    assert torch.allclose(criteria.obd(lenet, BATCHES, fisher="batch")["fc3"], 0.5 * g.pow(2).mean(0) * w.detach() ** 2,
+                          atol=1e-9)
     # the mean of |g| over batches is not |mean g|: one saved gradient is not the criterion
     assert not torch.allclose(criteria.gradient(lenet, BATCHES)["fc3"], g.mean(0).abs())
+
+
+def _tiny_net():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 4))
+
+
+def test_obd_is_half_w_squared_times_the_per_example_empirical_fisher():
+    model = _tiny_net()
+    model[1].running_mean.uniform_(-0.5, 0.5)  # eval-mode BatchNorm with non-trivial statistics
+    batches = [(torch.randn(n, 2, 6, 6), torch.randint(0, 4, (n,))) for n in (5, 3)]  # unequal batch sizes
+    model.train()
+    weights = {"0": model[0].weight, "4": model[4].weight}
+    squares = {n: torch.zeros_like(w) for n, w in weights.items()}
+    count = 0
+    model.eval()
+    for X, y in batches:
+        for i in range(len(y)):  # one example at a time: its own loss, its own gradient
+            grads = torch.autograd.grad(nn.functional.cross_entropy(model(X[i:i + 1]), y[i:i + 1]), list(weights.values()))
+            for n, g in zip(weights, grads):
+                squares[n] += g.pow(2)
+            count += 1
+    model.train()
+    got = criteria.obd(model, batches)
+    assert model.training  # the model's mode is restored
+    assert list(got) == ["0", "4"]
+    for n, w in weights.items():
+        want = 0.5 * (squares[n] / count) * w.detach().pow(2)
+        assert torch.allclose(got[n], want, rtol=1e-4, atol=1e-12)
+    for chunk in (1, 2):  # chunking the vectorised per-example gradients does not change the result
+        assert torch.allclose(criteria.obd(model, batches, chunk_size=chunk)["4"], got["4"], rtol=1e-5, atol=1e-12)
+    # the batch form is a different quantity: squaring batch-mean gradients drops most of the variance term
+    assert not torch.allclose(criteria.obd(model, batches, fisher="batch")["4"], got["4"], rtol=1e-2)
+    with pytest.raises(ValueError, match="fisher"):
+        criteria.obd(model, batches, fisher="hessian")
+    with pytest.raises(ValueError, match="chunk_size"):
+        criteria.obd(model, batches, chunk_size=0)
+    with pytest.raises(ValueError, match="empty"):
+        criteria.obd(model, [])
+    assert list(criteria.obd(nn.Linear(3, 2), [(torch.randn(4, 3), torch.tensor([0, 1, 1, 0]))])) == [""]
+    torch.nn.utils.prune.l1_unstructured(model[4], "weight", 0.5)  # weight = weight_orig * mask, recomputed
+    for fn in (criteria.obd, criteria.taylor):  # a gradient w.r.t. it would be zero (or fail): refused by name
+        with pytest.raises(ValueError, match="prune.remove"):
+            fn(model, batches)
+
+
+def _quadratic(n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    return a @ a.T + 0.5 * torch.eye(n, dtype=torch.float64), torch.randn(n, generator=gen, dtype=torch.float64)
+
+
+def test_obs_prune_takes_the_cheapest_weight_and_the_constrained_minimum():
+    h, w = _quadratic(6, 0)
+    h_inv = torch.linalg.inv(h)
+    cost = w.pow(2) / (2 * h_inv.diagonal())
+    q = int(cost.argmin())
+    got = pruners.obs_prune(w, h, 1 / 6, damp=0.0)
+    assert got[q] == 0 and int((got == 0).sum()) == 1
+    # the constrained minimum of 1/2 d^T H d with d_q = -w_q, solved from H itself (the KKT system)
+    kkt = torch.zeros(7, 7, dtype=torch.float64)
+    kkt[:6, :6], kkt[6, q], kkt[q, 6] = h, 1.0, 1.0
+    d = torch.linalg.solve(kkt, torch.cat([torch.zeros(6, dtype=torch.float64), -w[q:q + 1]]))[:6]
+    assert torch.allclose(got, w + d, atol=1e-10)
+    assert 0.5 * d @ h @ d == pytest.approx(cost[q].item(), rel=1e-9)
+    # compensation never costs more than zeroing the same weights and leaving the others alone
+    for sparsity in (0.5, 5 / 6):
+        pruned = pruners.obs_prune(w, h, sparsity, damp=0.0)
+        plain = torch.where(pruned == 0, torch.zeros_like(w), w)
+        assert int((pruned == 0).sum()) == round(sparsity * 6)
+        assert (pruned - w) @ h @ (pruned - w) <= (plain - w) @ h @ (plain - w) + 1e-12
+    assert torch.equal(pruners.obs_prune(w, h, 1.0), torch.zeros_like(w))
+    assert torch.equal(pruners.obs_prune(w, h, 0.0), w)
+
+
+def test_obs_prune_with_a_diagonal_hessian_is_obd_without_updates():
+    h = torch.diag(torch.tensor([4.0, 1.0, 0.25, 2.0]))
+    w = torch.tensor([[0.5, -1.0], [1.5, 0.6]])  # OBD: 1/2 h w^2 = 0.5, 0.5, 0.28, 0.36
+    got = pruners.obs_prune(w, h, 0.5, damp=0.0)
+    assert got.shape == w.shape and got.dtype == w.dtype
+    assert torch.equal(got, torch.tensor([[0.5, -1.0], [0.0, 0.0]]))  # the two smallest, the others untouched
+    assert torch.equal(w, torch.tensor([[0.5, -1.0], [1.5, 0.6]]))  # the input is not modified
+
+
+def test_obs_prune_rejects_bad_input():
+    h, w = _quadratic(4, 1)
+    with pytest.raises(ValueError, match=r"\[4, 4\]"):
+        pruners.obs_prune(w, h[:3, :3], 0.5)
+    with pytest.raises(ValueError, match="sparsity"):
+        pruners.obs_prune(w, h, 1.5)
+    with pytest.raises(ValueError, match="damp"):
+        pruners.obs_prune(w, h, 0.5, damp=-1)
+    with pytest.raises(TypeError, match="floating-point"):
+        pruners.obs_prune(torch.arange(4), h, 0.5)
+    with pytest.raises(ValueError, match="singular"):
+        pruners.obs_prune(w, torch.zeros(4, 4), 0.5, damp=0.0)
 
 
 def test_bn_scale_and_random(lenet):

@@ -159,26 +159,18 @@ def teacher_taylor_one_layer(taylor_one_layer):
     print("teacher-only cases of taylor_one_layer: 1 passed")
 
 
-def teacher_spearman(spearman):
-    import math
-
+def teacher_obs_step(obs_step):
     import torch
 
-    torch.manual_seed(3)
-    a = torch.randn(3, 4)
-    noise = torch.randn(3, 4)
-
-    def ranks(t):
-        return t.flatten().argsort().argsort().double()
-
-    cases = [(a, a ** 3, 1.0), (a, -2 * a + 1, -1.0), (a, noise, None), (a.T, (a + noise).T, None)]
-    for x, y, want in cases:
-        if want is None:
-            want = torch.corrcoef(torch.stack([ranks(x), ranks(y)]))[0, 1].item()
-        got = spearman(x, y)
-        assert isinstance(got, float) and math.isclose(got, want, abs_tol=1e-6), \
-            f"spearman on {tuple(x.shape)} tensors should be the float {want:.6f}, got {got!r}"
-    print(f"teacher-only cases of spearman: {len(cases)} passed")
+    # three coupled weights, H known in closed form: removing w_1 = 1 with H^-1 below costs 1 / (2 * 0.5) = 1
+    h_inv = torch.tensor([[1.0, 0.25, 0.0], [0.25, 0.5, 0.25], [0.0, 0.25, 1.0]], dtype=torch.float64)
+    w = torch.tensor([2.0, 1.0, -1.0], dtype=torch.float64)
+    got_increase, got_w = obs_step(w.clone(), h_inv.clone(), 1)
+    got_increase = float(got_increase)
+    assert abs(got_increase - 1.0) < 1e-4, f"removing w_1 should cost w_1^2 / (2 [H^-1]_11) = 1.0, got {got_increase}"
+    want_w = torch.tensor([1.5, 0.0, -1.5], dtype=torch.float64)  # w - (w_1 / 0.5) * column 1 of H^-1
+    assert torch.allclose(torch.as_tensor(got_w).double(), want_w, atol=1e-4), f"new_w should be {want_w.tolist()}, got {got_w}"
+    print("teacher-only cases of obs_step: 1 passed")
 
 
 def teacher_global_masks(global_masks):

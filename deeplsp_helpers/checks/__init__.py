@@ -8,7 +8,7 @@ Jupyter a failed check shows that one message, not a traceback. A passed check p
 
 One module per chapter (``ch00_getting_started`` … ``ch08_transformers``) holds that chapter's checks; the shared
 harness (calling the learner's function, comparing, reporting) is in ``_harness``. Call them from here:
-``from deeplsp_helpers import checks; checks.check_spearman(spearman)``.
+``from deeplsp_helpers import checks; checks.check_obs_step(obs_step)``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ._harness import CheckFailed
 from .answers import check_answer
 from .ch00_getting_started import check_per_image_ms, check_pick_on_validation, check_sparse_storage_bits
 from .ch01_granularity import check_csr_break_even, check_fine_grained_mask, check_row_nm_ok
-from .ch02_criteria import check_global_masks, check_spearman, check_taylor_one_layer
+from .ch02_criteria import check_global_masks, check_obs_step, check_taylor_one_layer
 from .ch03_timing import check_iterative_steps, check_keep_zero, check_one_shot_limit
 from .ch04_torch_prune import check_compound_sparsity, check_strip_pruning, check_threshold_pruning
 from .ch05_structured import check_coupled_layers, check_keep_inputs, check_speedup_at
@@ -30,7 +30,7 @@ __all__ = [
     "check_answer",                                                                  # experiments
     "check_sparse_storage_bits", "check_per_image_ms", "check_pick_on_validation",   # 00
     "check_row_nm_ok", "check_csr_break_even", "check_fine_grained_mask",            # 01
-    "check_taylor_one_layer", "check_spearman", "check_global_masks",                # 02
+    "check_taylor_one_layer", "check_obs_step", "check_global_masks",                # 02
     "check_iterative_steps", "check_keep_zero", "check_one_shot_limit",              # 03
     "check_compound_sparsity", "check_threshold_pruning", "check_strip_pruning",     # 04
     "check_coupled_layers", "check_keep_inputs", "check_speedup_at",                 # 05

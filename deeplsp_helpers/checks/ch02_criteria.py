@@ -1,4 +1,4 @@
-"""Chapter 02, pruning criteria: a Taylor score by hand, a rank correlation, global masks."""
+"""Chapter 02, pruning criteria: a Taylor score by hand, one Optimal Brain Surgeon step, global masks."""
 
 from __future__ import annotations
 
@@ -59,34 +59,58 @@ def check_taylor_one_layer(taylor_one_layer):
     _passed("taylor_one_layer", cases)
 
 
-def _reference_spearman(a, b):
-    ranks = torch.stack([a.flatten().argsort().argsort(), b.flatten().argsort().argsort()]).double()
-    return torch.corrcoef(ranks)[0, 1].item()
+def _spd(n, seed):
+    """A symmetric positive definite Hessian with strongly coupled weights (so that compensating matters)."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    return a @ a.T + 0.1 * torch.eye(n, dtype=torch.float64), torch.randn(n, generator=gen, dtype=torch.float64)
 
 
 @_own_rng
-def check_spearman(spearman):
-    """spearman(a, b): Spearman rank correlation of two same-shape tensors (flattened), a Python float."""
-    _callable(spearman, "spearman")
-    torch.manual_seed(0)
-    x, y = torch.randn(40), torch.randn(40)
-    grid = torch.randn(5, 8)
-    cases = [("a tensor and itself", x, x, 1.0), ("a tensor and its negative", x, -x, -1.0),
-             ("x and exp(3x), which rank in the same order", x, torch.exp(3 * x), 1.0),
-             ("two independent tensors", x, y, _reference_spearman(x, y)),
-             ("two 5×8 tensors (flatten them)", grid, grid ** 3 + 0.1 * torch.randn(5, 8), None)]
-    for label, a, b, want in cases:
-        want = _reference_spearman(a, b) if want is None else want
-        got = _number(_call("spearman", spearman, a.clone(), b.clone()))
-        _expect(isinstance(got, (int, float)) and not isinstance(got, bool),
-                f"spearman should return a number (a Python float), got {type(got).__name__}")
-        hint = ""
-        if abs(got - torch.corrcoef(torch.stack([a.flatten(), b.flatten()]).double())[0, 1].item()) < 1e-6:
-            hint = ": that is Pearson's correlation of the values; correlate their ranks"
-        elif abs(got - torch.corrcoef(torch.stack([a.flatten().argsort(), b.flatten().argsort()]).double())[0, 1].item()) < 1e-6:
-            hint = ": argsort once gives the order, not the ranks; the rank of each entry is argsort().argsort()"
-        _expect(abs(got - want) < 1e-5, f"spearman on {label} should be {want:+.6f}, got {got:+.6f}{hint}")
-    _passed("spearman", len(cases))
+def check_obs_step(obs_step):
+    """obs_step(w, H_inv, q) -> (increase, new_w): the least loss increase 1/2 d^T H d over changes d with
+    d_q = -w_q (a Python float), and new_w = w + d for that d. Solved here from H itself (the KKT system), so
+    any correct way of computing it passes."""
+    _callable(obs_step, "obs_step")
+    cases = [(6, 0, 2), (6, 0, 0), (9, 1, 8), (4, 2, 1), (1, 3, 0)]
+    for n, seed, q in cases:
+        h, w = _spd(n, seed)
+        h_inv = torch.linalg.inv(h)
+        kkt = torch.zeros(n + 1, n + 1, dtype=torch.float64)
+        kkt[:n, :n], kkt[n, q], kkt[q, n] = h, 1.0, 1.0
+        d = torch.linalg.solve(kkt, torch.cat([torch.zeros(n, dtype=torch.float64), -w[q:q + 1]]))[:n]
+        want_inc, want_w = (0.5 * d @ h @ d).item(), w + d
+        where = f"on a {n}-weight quadratic, q = {q}"
+        got = _call("obs_step", obs_step, w.clone(), h_inv.clone(), q)
+        _expect(isinstance(got, (tuple, list)) and len(got) == 2,
+                f"obs_step should return a pair (increase, new_w), got {type(got).__name__}")
+        inc, new_w = _number(got[0]), got[1]
+        _expect(isinstance(inc, (int, float)) and not isinstance(inc, bool),
+                f"the increase should be a number (a Python float), got {type(inc).__name__}")
+        _expect(isinstance(new_w, torch.Tensor) and new_w.shape == w.shape,
+                f"new_w should be a tensor of w's shape {tuple(w.shape)}, got {type(new_w).__name__}"
+                f"{tuple(new_w.shape) if isinstance(new_w, torch.Tensor) else ''}")
+        new_w = new_w.detach().double()
+        tol = 1e-3 * abs(want_inc) + 1e-9  # float32 arithmetic is fine
+        if abs(inc - want_inc) > tol:
+            wq, hqq, iqq = w[q].item(), h[q, q].item(), h_inv[q, q].item()
+            why = next((m for v, m in (
+                (0.5 * hqq * wq ** 2, "that is OBD's 1/2 h_qq w_q^2, the increase when the other weights stay put; "
+                                      "letting them move costs less: divide by [H^-1]_qq instead"),
+                (wq ** 2 / iqq, "that is twice the increase: 1/2 d^T H d has a factor 1/2"),
+                (0.5 * iqq * wq ** 2, "divide by [H^-1]_qq, do not multiply by it")) if
+                        abs(inc - v) <= 1e-3 * abs(v) + 1e-9), "the least increase is w_q^2 / (2 [H^-1]_qq)")
+            _expect(False, f"{where}: the increase should be {want_inc:.6f}, got {inc:.6f}: {why}")
+        _expect(abs(new_w[q].item()) < 1e-4 * (1 + w.abs().max().item()),
+                f"{where}: new_w[q] should be 0 (the weight is removed), got {new_w[q].item():+.6f}"
+                + ("; check the sign of the update" if abs(new_w[q].item() - 2 * w[q].item()) < 1e-6 else ""))
+        if not torch.allclose(new_w, want_w, rtol=1e-3, atol=1e-4):
+            others = torch.arange(n) != q
+            only_q = torch.allclose(new_w[others], w[others], atol=1e-9)
+            _expect(False, f"{where}: new_w is not the w + d that reaches the least increase"
+                    + (": only weight q changed; OBS moves the others to compensate, d = -(w_q / [H^-1]_qq) H^-1 e_q"
+                       if only_q else " (d = -(w_q / [H^-1]_qq) times column q of H^-1)"))
+    _passed("obs_step", len(cases))
 
 
 @_own_rng
