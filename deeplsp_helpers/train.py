@@ -18,6 +18,7 @@ import contextlib
 import copy
 import os
 import time
+import warnings
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -158,16 +159,20 @@ def distillation_loss(y_hat: torch.Tensor, y: torch.Tensor, teacher_logits: torc
 
 
 def _run_epochs(model, loader, optimizer, scheduler, num_epochs, callbacks, penalty, device, progress, desc,
-                on_epoch_end, teacher=None, cl=False, before_step=()):
+                on_epoch_end, teacher=None, cl=False, before_step=(), start_step=0):
     loss_fn = nn.CrossEntropyLoss()
     if teacher is not None:
         teacher.eval()
+    step = 0
     for epoch in range(num_epochs):
         model.train()
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{num_epochs}", leave=False, disable=not progress_enabled(progress),
                    mininterval=PROGRESS_MININTERVAL)
         running, seen = 0.0, 0
         for batch in bar:
+            step += 1
+            if step <= start_step:  # resumed run: these steps happened before (the schedule was advanced past them)
+                continue
             X, y = _to_input(batch[0], device, cl), batch[1].to(device)
             soft = batch[2].to(device) if len(batch) > 2 else None
             optimizer.zero_grad(set_to_none=True)
@@ -233,7 +238,8 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
           lr: float = 0.05, optimizer: str = "sgd", weight_decay: float = 5e-4, momentum: float = 0.9,
           schedule: str = "onecycle", select_best: bool = True, callbacks: Sequence[Callback] = (),
           penalty: Callable[[nn.Module], torch.Tensor] | None = None, teacher: nn.Module | None = None,
-          device=None, progress: bool | None = None, before_step: Sequence[Callback] = ()) -> dict:
+          device=None, progress: bool | None = None, before_step: Sequence[Callback] = (),
+          start_step: int = 0) -> dict:
     """Train with cross-entropy; optionally keep the epoch with the best validation accuracy.
 
     Args:
@@ -249,6 +255,10 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
             T = 4, alpha = 0.5); e.g. the dense model while fine-tuning its pruned copy. Over a
             ``data.BatchLoader`` its outputs are computed once for the whole subset, not per batch; a
             loader over :func:`with_teacher_outputs` carries them already (then leave ``teacher`` None).
+        start_step: resume a run of ``num_epochs`` at this optimizer step: the learning-rate schedule starts
+            where it stood after ``start_step`` steps, and the first ``start_step`` batches are skipped, so the
+            model takes ``num_epochs * len(train_loader) - start_step`` steps (weight rewinding resumes this
+            way: Renda et al., "Comparing Rewinding and Fine-tuning in Neural Network Pruning", arXiv:2003.02389).
     Returns:
         A history dict: ``train_loss``, ``val_acc`` per epoch, ``best_epoch``, ``seconds``.
     """
@@ -269,11 +279,20 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
     model.to(device)
     opt = _make_optimizer(model, optimizer, lr, weight_decay, momentum)
     steps = max(1, num_epochs * len(train_loader))
+    check_ints(("start_step", start_step, 0))
+    if start_step >= steps:
+        raise ValueError(f"start_step must be below the run's {steps} steps (num_epochs * len(train_loader)), "
+                         f"got {start_step}")
     sched = None
     if schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25)
     elif schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    if sched is not None and start_step:
+        with warnings.catch_warnings():  # stepping the schedule before any optimizer step is the point here
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            for _ in range(start_step):
+                sched.step()
     history = {"train_loss": [], "val_acc": [], "best_epoch": None, "seconds": 0.0}
     best = {"acc": -1.0, "state": None}
 
@@ -296,7 +315,7 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
             teacher = None  # its outputs travel with the batches now
     with channels_last(model, device.type == "cpu") as cl:
         _run_epochs(model, loader, opt, sched, num_epochs, callbacks, penalty, device, progress, "epoch",
-                    on_epoch_end, teacher, cl, before_step)
+                    on_epoch_end, teacher, cl, before_step, start_step)
     if loader is not train_loader:
         train_loader._epoch = loader._epoch  # the next pass over train_loader gets a new order, as without a teacher
     history["seconds"] = time.perf_counter() - start

@@ -259,3 +259,49 @@ def test_flags_given_as_strings_are_refused_not_taken_as_true(small):
         train.train(model, small.train, small.val, num_epochs=1, select_best="no")
     with pytest.raises(TypeError, match="progress must be True or False"):
         train.train(model, small.train, num_epochs=1, progress="off")
+
+
+def test_a_run_resumed_at_step_k_continues_the_schedule_and_takes_the_remaining_steps(splits):
+    def loader():  # the same shuffled order for every run
+        return data.make_loaders(splits, batch_size=128, train_subset=1024).train
+
+    torch.manual_seed(0)
+    start = models.LeNet()
+    full, at_k, k = _copy(start), {}, 5
+    lrs, calls = [], []
+
+    def keep_k(m):
+        calls.append(1)
+        if len(calls) == k:
+            at_k.update({n: v.clone() for n, v in m.state_dict().items()})
+
+    # plain SGD (no momentum, no decay; the cosine schedule leaves momentum alone, one-cycle would cycle it)
+    # carries no optimizer state, so a resumed run must retrace the full one
+    sgd = dict(num_epochs=2, lr=0.05, momentum=0.0, weight_decay=0.0, schedule="cosine", progress=False)
+    train.train(full, loader(), callbacks=[keep_k], **sgd)
+    assert len(calls) == 2 * len(loader())
+    resumed = models.LeNet()
+    resumed.load_state_dict(at_k)
+    calls.clear()
+    train.train(resumed, loader(), callbacks=[lambda m: calls.append(1)], start_step=k,
+                before_step=[lambda m: lrs.append(None)], **sgd)
+    assert len(calls) == len(lrs) == 2 * len(loader()) - k
+    for p, q in zip(full.parameters(), resumed.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    fresh = models.LeNet()
+    fresh.load_state_dict(at_k)
+    train.train(fresh, loader(), **dict(sgd, num_epochs=1))  # not resumed: a different run
+    assert not torch.allclose(fresh.fc1.weight, full.fc1.weight, atol=1e-4)
+
+
+@pytest.mark.parametrize("start_step", [-1, 16, 1.5, True])
+def test_a_start_step_outside_the_run_is_refused(start_step, small):
+    one_epoch = data.make_loaders(data.load_fashion_mnist(), batch_size=128, train_subset=1024).train  # 8 steps
+    with pytest.raises(ValueError, match="start_step"):
+        train.train(models.LeNet(), one_epoch, num_epochs=2, start_step=start_step, progress=False)
+
+
+def _copy(model):
+    import copy
+
+    return copy.deepcopy(model)
