@@ -260,7 +260,10 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
             on ``calibration`` batches (default: 512 images of ``loaders.train``'s dataset: the training split).
             ``latency_aware`` is the seed's name for this flag.
         finetune: ``finetune(model, stage)`` called after each stage (``'structured'``, ``'unstructured'``);
-            during the second call the prune masks are still attached, so pruned weights stay zero.
+            during the second call the prune masks are still attached, so pruned weights stay zero. The
+            second call is made whenever an unstructured stage was asked for, even if the structured stage already
+            left fewer non-zero parameters than ``nonzero_factor`` allows (nothing to zero): the fine-tuning
+            budget does not depend on where the request lands.
         loaders: ``data.Loaders`` for the report's validation accuracy (test accuracy: final row only).
         report: ``True`` measures every stage, ``'final'`` only the input and the result, ``False`` nothing.
     Returns:
@@ -334,8 +337,10 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
         else:
             apply_unstructured_pruning(pruned, u_ratio)
         record("unstructured")
-        if finetune is not None:
-            finetune(pruned, "unstructured")
+    if finetune is not None and (u_ratio > 0 or nonzero_factor is not None):
+        # the budget is spent even when the structured stage already met the non-zero budget (nothing to zero):
+        # every recipe gets the same total fine-tuning
+        finetune(pruned, "unstructured")
     remove_pruning_masks(pruned)
     record("final")
     return pruned.eval(), rows

@@ -85,17 +85,23 @@ class DeepLSPRecipe:
         return data.calibration_batches(splits.train, n_batches=self.calibration_images // 64, batch_size=64)
 
     def finetune_fn(self, dense: nn.Module, splits, *, finetune_data=None,
-                    after_stage: Callable[[nn.Module, str], None] | None = None, progress: bool | None = None):
+                    after_stage: Callable[[nn.Module, str], None] | None = None, progress: bool | None = None,
+                    val_loader=None, history: dict | None = None):
         """The recipe's fine-tuning as a ``finetune(model, stage)`` callback for
         :func:`~deeplsp_helpers.deeplsp.apply_combined_pruning`: ``finetune_epochs // 2`` epochs after the structured
         stage (seed 0), the rest after the unstructured one (seed 1), over ``finetune_data`` (default: the first
         ``finetune_samples`` of a shuffled training split, :func:`deeplsp_helpers.data.subset`, with ``dense``'s
         outputs if ``distill``). ``after_stage(model, stage)`` is called after each (e.g. to keep a copy of the structured stage; during the
-        unstructured call the prune masks are still attached)."""
+        unstructured call the prune masks are still attached). With ``val_loader`` and a dict ``history``, the
+        validation accuracy after every fine-tuning epoch is stored as ``history[stage]`` (a list, one per epoch)."""
         from . import data, seed_everything, train
 
         if progress is not None:
             check_bool(progress, "progress")
+        if history is not None and not isinstance(history, dict):
+            raise TypeError(f"history must be a dict (filled with each stage's validation per epoch), got {type(history).__name__}")
+        if history is not None and val_loader is None:
+            raise ValueError("history needs val_loader: the validation accuracy per epoch is measured on it")
         if finetune_data is None and self.finetune_epochs:
             finetune_data = data.subset(splits.train, self.finetune_samples)
             if self.distill:
@@ -108,7 +114,10 @@ class DeepLSPRecipe:
             if epochs[stage]:
                 seed_everything(seeds[stage])
                 loader = data.BatchLoader(finetune_data, self.batch_size, shuffle=True, seed=seeds[stage])
-                train.fine_tune(model, loader, num_epochs=epochs[stage], lr=self.lr, progress=progress)
+                done = train.fine_tune(model, loader, num_epochs=epochs[stage], lr=self.lr, progress=progress,
+                                       val_loader=val_loader)
+                if history is not None:
+                    history[stage] = [round(a, 2) for a in done["val_acc"]]
             if after_stage is not None:
                 after_stage(model, stage)
 
@@ -116,7 +125,7 @@ class DeepLSPRecipe:
 
     def run(self, dense: nn.Module, splits, *, table=None, calibration=None, finetune_data=None,
             after_stage: Callable[[nn.Module, str], None] | None = None, progress: bool | None = None,
-            loaders=None, report: bool | str = False, threads: int = 1):
+            loaders=None, report: bool | str = False, threads: int = 1, val_loader=None, history: dict | None = None):
         """Apply the recipe to ``dense`` (left unchanged): ``(pruned model, report rows)``, masks removed.
 
         Args:
@@ -125,7 +134,7 @@ class DeepLSPRecipe:
             table: a :class:`~deeplsp_helpers.latency_model.LatencyTable` of ``dense`` at ``request_batch_size``
                 (measured here, ``latency_repeats`` repeats, if None).
             calibration: the sensitivity batches (default :meth:`calibration`).
-            finetune_data, after_stage, progress: see :meth:`finetune_fn`.
+            finetune_data, after_stage, progress, val_loader, history: see :meth:`finetune_fn`.
             loaders, report: the per-stage report of :func:`~deeplsp_helpers.deeplsp.apply_combined_pruning`
                 (default: none, and no rows).
         """
@@ -138,7 +147,7 @@ class DeepLSPRecipe:
         if table is None:
             table = LatencyTable.measure(dense, x, threads=threads, repeats=self.latency_repeats)
         finetune = self.finetune_fn(dense, splits, finetune_data=finetune_data, after_stage=after_stage,
-                                    progress=progress)
+                                    progress=progress, val_loader=val_loader, history=history)
         return apply_combined_pruning(dense, x, target_speedup=self.target_speedup,
                                       batch_size=self.request_batch_size, latency_table=table, cost=self.cost,
                                       nonzero_factor=self.nonzero_factor, sensitivity_adaptive=True,

@@ -334,11 +334,14 @@ def _make_pruned(name: str, directory: Path, progress: bool | None, force: bool 
                              pruning_ratio=recipe["channel_ratio"], ignored_layers=[model.classifier]).step()
         ft = data.make_loaders(splits, batch_size=recipe["batch_size"], train_subset=recipe["finetune_samples"],
                                seed=SEED).train
-        train.fine_tune(model, ft, num_epochs=recipe["finetune_epochs"], lr=recipe["lr"], teacher=dense,
-                        progress=progress)
+        done = train.fine_tune(model, ft, num_epochs=recipe["finetune_epochs"], lr=recipe["lr"], teacher=dense,
+                               progress=progress, val_loader=loaders.val)
+        history = {"structured": [round(a, 2) for a in done["val_acc"]]}
         sparse = False
     else:
-        model, _ = DeepLSPRecipe.from_record(recipe).run(dense, splits, progress=progress)
+        history = {}
+        model, _ = DeepLSPRecipe.from_record(recipe).run(dense, splits, progress=progress, val_loader=loaders.val,
+                                                         history=history)
         sparse = True
     model.eval()
     val_acc = train.evaluate(model, loaders.val)
@@ -349,6 +352,8 @@ def _make_pruned(name: str, directory: Path, progress: bool | None, force: bool 
         "file": path.name, "sha256": _sha256(path), "val_acc": round(val_acc, 2), "test_acc": round(test_acc, 2),
         "params": metrics.count_parameters(model), "nonzero_params": metrics.count_parameters(model, nonzero_only=True),
         "widths": metrics.conv_widths(model),
+        "finetune_images": recipe["finetune_epochs"] * recipe["finetune_samples"],
+        "val_acc_per_epoch": history,  # after every fine-tuning epoch, per stage: the budget curve
         "seed": SEED, "recipe": dict(recipe), "train_seconds": round(time.perf_counter() - start, 1),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
         "trained_on": time.strftime("%Y-%m-%d"),

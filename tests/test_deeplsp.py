@@ -325,3 +325,18 @@ def test_remove_pruning_masks_also_makes_a_mask_pair_without_its_hook_permanent(
     deeplsp.remove_pruning_masks(layer)
     assert set(dict(layer.named_parameters())) == {"weight", "bias"} and not list(layer.named_buffers())
     assert torch.equal(layer.weight, expected) and int((layer.weight == 0).sum()) == 6
+
+
+def test_the_second_fine_tune_runs_even_when_the_structured_stage_met_the_nonzero_budget():
+    """At a large request the structured stage alone can leave fewer non-zero parameters than the budget allows;
+    the unstructured stage then zeroes nothing, but its half of the fine-tuning budget is still spent."""
+    model = models.VGG().eval()
+    calls = []
+    pruned, _ = deeplsp.apply_combined_pruning(model, X, 0.75, nonzero_factor=1.5, sensitivity_adaptive=False,
+                                               finetune=lambda m, stage: calls.append(stage), latency_repeats=3)
+    assert metrics.count_parameters(model) / metrics.count_parameters(pruned) > 1.5  # the budget was already met
+    assert metrics.weight_sparsity(pruned) == 0  # nothing zeroed
+    assert calls == ["structured", "unstructured"]
+    calls.clear()
+    deeplsp.apply_combined_pruning(model, X, 0.5, finetune=lambda m, stage: calls.append(stage), latency_repeats=3)
+    assert calls == ["structured"]  # no unstructured stage asked for: no second fine-tune

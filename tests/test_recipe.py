@@ -64,8 +64,13 @@ def test_run_is_the_pipeline_chapter_06_builds_step_by_step(splits):
     x1 = splits.val.X[:1]
     table = LatencyTable.measure(dense, x1, repeats=3)
     stages = []
-    got, rows = r.run(dense, splits, table=table, after_stage=lambda m, s: stages.append((s, copy.deepcopy(m) if s == "structured" else None)))
+    history, val = {}, data.BatchLoader(data.subset(splits.val, 256), 128)
+    got, rows = r.run(dense, splits, table=table, after_stage=lambda m, s: stages.append((s, copy.deepcopy(m) if s == "structured" else None)),
+                      val_loader=val, history=history)
     assert rows == [] and [s for s, _ in stages] == ["structured", "unstructured"]
+    # validation after each epoch (the zoo's budget curve) is recorded, and measuring it changes no weight (below)
+    assert list(history) == ["structured", "unstructured"] and all(len(v) == 1 and 0 <= v[0] <= 100 for v in history.values())
+    assert history["unstructured"][0] == pytest.approx(train.evaluate(got, val), abs=0.01)
 
     by_hand = copy.deepcopy(dense)
     ft_data = train.with_teacher_outputs(dense, data.subset(splits.train, 512))
@@ -85,3 +90,12 @@ def test_run_is_the_pipeline_chapter_06_builds_step_by_step(splits):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert metrics.count_parameters(dense) / metrics.count_parameters(got, nonzero_only=True) == pytest.approx(4.0, rel=0.02)
     assert table.dense_ms / table.predict(stages[0][1]) >= 1.3 * 0.99  # the structured stage met the request
+
+
+def test_a_history_needs_a_validation_loader_and_is_a_dict(splits):
+    dense = zoo.load_pretrained("lenet")
+    with pytest.raises(ValueError, match="val_loader"):
+        DEFAULT_RECIPE.finetune_fn(dense, splits, finetune_data=data.subset(splits.train, 64), history={})
+    with pytest.raises(TypeError, match="history must be a dict"):
+        DEFAULT_RECIPE.finetune_fn(dense, splits, finetune_data=data.subset(splits.train, 64), history=[],
+                                   val_loader=data.BatchLoader(data.subset(splits.val, 64), 64))
