@@ -79,3 +79,12 @@ def test_site_refuses_a_notebook_that_failed(tmp_path):
     assert course_site.main(["--root", str(tmp_path), "--out", str(tmp_path / "site"),
                              "--stage", str(tmp_path / "src")]) == 1
     assert not (tmp_path / "site").exists()
+
+
+def test_html_tables_from_the_notebooks_are_rendered(built_site):
+    for path in NOTEBOOKS:  # a DataFrame's HTML output becomes a table on the page, not its text/plain form
+        nb = nbformat.read(str(path), as_version=4)
+        tables = sum(o.get("data", {}).get("text/html", "").count("<table") for c in nb.cells
+                     if c.cell_type == "code" for o in c.outputs)
+        page = (built_site.parent / "notebooks" / f"{path.stem}.html").read_text(encoding="utf-8")
+        assert page.count("<table") >= tables, path.stem
