@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        index = build_site(args.root, args.out, args.stage, quiet=False)
+        index = build_site(args.root, args.out, args.stage)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
