@@ -113,7 +113,7 @@ def tab(browser):
     tab.close()
 
 
-def test_sidebar_reaches_every_chapter_with_its_images_and_no_errors(built_site, tab):
+def test_sidebar_reaches_every_chapter_with_its_images_and_no_errors(tab, built_site):
     tab.goto(built_site)
     sidebar = tab.page.locator("nav.bd-docs-nav a.reference.internal")
     targets = [Path(href.split("#")[0]).stem for href in sidebar.evaluate_all("links => links.map(a => a.href)")]
@@ -130,7 +130,7 @@ def test_sidebar_reaches_every_chapter_with_its_images_and_no_errors(built_site,
     assert not tab.errors, tab.errors[:5]
 
 
-def test_the_landing_page_shows_each_chapters_headline_and_time(built_site, tab):
+def test_the_landing_page_shows_each_chapters_headline_and_time(tab, built_site):
     tab.goto(built_site)
     text = tab.page.locator("article").inner_text()
     for path in editions.chapter_notebooks(ROOT):
@@ -140,7 +140,7 @@ def test_the_landing_page_shows_each_chapters_headline_and_time(built_site, tab)
     assert not tab.errors, tab.errors[:5]
 
 
-def test_install_cells_are_collapsed(built_site, tab):
+def test_install_cells_are_collapsed(tab, built_site):
     for stem in CHAPTERS:
         tab.goto(built_site.parent / "notebooks" / f"{stem}.html")
         first_cell = tab.page.locator("div.cell").first
@@ -149,7 +149,7 @@ def test_install_cells_are_collapsed(built_site, tab):
     assert not tab.errors, tab.errors[:5]
 
 
-def test_formulas_render_as_math(built_site, tab):
+def test_formulas_render_as_math(tab, built_site):
     pages = [built_site.parent / "notebooks" / f"{stem}.html" for stem in CHAPTERS]
     with_math = [page for page in pages if 'class="math' in page.read_text(encoding="utf-8")]
     assert with_math, "no chapter has a formula"
@@ -167,7 +167,7 @@ def test_formulas_render_as_math(built_site, tab):
     assert not tab.errors, tab.errors[:5]
 
 
-def test_next_and_previous_reach_every_chapter(built_site, tab):
+def test_next_and_previous_reach_every_chapter(tab, built_site):
     tab.goto(built_site)
     forward = [tab.name]
     while tab.page.locator("a.right-next").count():
@@ -182,7 +182,7 @@ def test_next_and_previous_reach_every_chapter(built_site, tab):
     assert not tab.errors, tab.errors[:5]
 
 
-def test_search_finds_the_one_chapter_with_a_word(built_site, tab):
+def test_search_finds_the_one_chapter_with_a_word(tab, built_site):
     word, chapter = word_in_one_chapter()
     tab.goto(built_site.parent / "notebooks" / f"{CHAPTERS[0]}.html")
     tab.page.locator("button.search-button__button:visible").first.click()
