@@ -40,9 +40,10 @@ test: setup
 student: $(STAMP)
 	$(PY) tools/editions.py student
 
-## html: the executed course as a static site, site/index.html (fails if a notebook failed)
+## html: the executed course as a static site, site/index.html (Sphinx + myst-nb; never executes a notebook,
+## fails if one is unexecuted or failed); opens from disk, loads nothing from the network
 html: $(STAMP)
-	$(PY) tools/editions.py html
+	$(PY) tools/course_site.py
 
 ## nbgrader: an nbgrader course folder, nbgrader/ (source notebooks with teacher-only hidden tests, config)
 nbgrader: $(STAMP)
@@ -61,4 +62,4 @@ checkpoints: setup
 	$(PY) -m deeplsp_helpers.zoo train all
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache student site nbgrader
+	rm -rf $(VENV) .pytest_cache .ruff_cache student site build nbgrader

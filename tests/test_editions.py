@@ -1,10 +1,7 @@
-"""Student edition, HTML course and RESULTS.md: generated from the executed notebooks, never by hand."""
+"""Student edition and RESULTS.md: generated from the executed notebooks, never by hand (the site: test_course_site.py)."""
 
 import ast
 import importlib.util
-import json
-import re
-import shutil
 from pathlib import Path
 
 import nbformat
@@ -126,47 +123,6 @@ def test_results_and_readme_table_come_from_the_notebooks(tmp_path):
     assert "old table" not in table and table.startswith("intro\n") and table.endswith("rest\n")
     assert "float32 lanes" in editions.executed_on(ROOT)  # the CPU kind is recorded with the times
     assert f"Executed on: {editions.executed_on(ROOT)}." in text and editions.executed_on(ROOT) in table
-
-
-def test_html_course_opens_from_disk(tmp_path):
-    index = editions.write_html(ROOT, out=tmp_path / "site")
-    pages = sorted(p.name for p in index.parent.glob("[0-9][0-9]_*.html"))
-    assert pages == [p.stem + ".html" for p in NOTEBOOKS]
-    listing = index.read_text()
-    assert all(f'href="{page}"' in listing for page in pages)
-    for page in pages:
-        body = (index.parent / page).read_text()
-        assert "../images/" not in body and "data:image/png;base64" in body and 'href="index.html"' in body
-        for ref in set(re.findall(r'src="(images/[^"]+)"', body)):
-            assert (index.parent / ref).is_file(), ref
-    for page in ["index.html", *pages]:  # opens with no network: no script, stylesheet or frame from elsewhere
-        body = (index.parent / page).read_text()
-        remote = re.findall(r'<(?:script|link|iframe|img)\b[^>]*\b(?:src|href)\s*=\s*["\']?((?:https?:)?//[^"\' >]+)', body)
-        assert not remote, f"{page} loads {remote[:3]}"
-        assert "cdnjs" not in body and "unpkg.com" not in body, page
-
-
-def test_html_refuses_latex_it_cannot_render_offline(tmp_path):
-    (tmp_path / "notebooks").mkdir()
-    nb = json.loads(NOTEBOOKS[0].read_text())
-    nb["cells"].append({"cell_type": "markdown", "id": "math0001", "metadata": {}, "source": ["Loss $L(w)$."]})
-    (tmp_path / "notebooks" / NOTEBOOKS[0].name).write_text(json.dumps(nb))
-    with pytest.raises(RuntimeError, match="LaTeX"):
-        editions.write_html(root=tmp_path, out=tmp_path / "site")
-    assert not editions.MATH.findall(editions.CODE.sub("", "Run `echo $OUT $HOME` or\n```\nx = $a$\n```"))
-    assert editions.MATH.findall("$$\nL = 1\n$$") and editions.MATH.findall("\\begin{align}")
-
-
-def test_html_refuses_a_notebook_that_failed(tmp_path):
-    (tmp_path / "notebooks").mkdir()
-    shutil.copy(NOTEBOOKS[0], tmp_path / "notebooks" / NOTEBOOKS[0].name)
-    nb = json.loads((tmp_path / "notebooks" / NOTEBOOKS[0].name).read_text())
-    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    code[-1]["outputs"] = [{"output_type": "error", "ename": "AssertionError", "evalue": "", "traceback": []}]
-    (tmp_path / "notebooks" / NOTEBOOKS[0].name).write_text(json.dumps(nb))
-    with pytest.raises(RuntimeError, match="AssertionError"):
-        editions.write_html(root=tmp_path, out=tmp_path / "site")
-    assert editions.main(["html", "--root", str(tmp_path), "--out", str(tmp_path / "site")]) == 1
 
 
 def test_cli_rejects_an_unknown_edition():
