@@ -45,6 +45,33 @@ def teacher_per_image_ms(per_image_ms):
     print("teacher-only cases of per_image_ms: 2 passed")
 
 
+def teacher_macs_per_second(macs_per_second):
+    import time
+
+    import torch
+    from torch import nn
+
+    class LinearThatWaits(nn.Module):  # 30 * 20 = 600 MACs per sample, 3 ms per forward pass whatever the batch
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(30, 20)
+
+        def forward(self, x):
+            end = time.perf_counter() + 0.003
+            y = self.fc(x)
+            while time.perf_counter() < end:
+                pass
+            return y
+
+    from deeplsp_helpers import latency
+
+    model, X = LinearThatWaits(), torch.randn(10, 30)
+    got = macs_per_second(model, X)
+    seconds = latency.measure_latency(model, X, warmup=1, repeats=5, threads=1).median_ms / 1000  # ~3 ms, more if loaded
+    want = 10 * 600 / seconds
+    assert want / 2.5 < float(got) < want * 2.5, f"10 samples of 600 MACs in {seconds * 1e3:.1f} ms: about {want:,.0f} MACs per second, got {got}"
+    print("teacher-only cases of macs_per_second: 1 passed")
+
 def teacher_pick_on_validation(pick_on_validation):
     from types import SimpleNamespace
 

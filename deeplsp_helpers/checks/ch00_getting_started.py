@@ -1,12 +1,14 @@
-"""Chapter 00, getting started: what sparse storage costs, batching measured, choices made on validation."""
+"""Chapter 00, getting started: what sparse storage costs, MACs per second measured, choices made on validation."""
 
 from __future__ import annotations
 
+import time
 from collections import namedtuple
 
 import torch
 from torch import nn
 
+from .. import latency
 from ._harness import (
     CheckFailed,
     _as_real,
@@ -92,6 +94,56 @@ def check_per_image_ms(per_image_ms):
                     f"got {value:.4f}{hint}")
     _passed("per_image_ms", len(cases))
 
+
+class _LinearBusy(nn.Module):
+    """A linear layer (``in_features * out_features`` MACs per sample) whose forward pass takes ``seconds`` per call,
+    whatever the batch size (it busy-waits, as ``_Busy`` does)."""
+
+    def __init__(self, in_features, out_features, seconds):
+        super().__init__()
+        self.fc = nn.Linear(in_features, out_features)
+        self.seconds = seconds
+
+    def forward(self, x):
+        end = time.perf_counter() + self.seconds
+        y = self.fc(x)
+        while time.perf_counter() < end:
+            pass
+        return y
+
+
+@_own_rng
+def check_macs_per_second(macs_per_second):
+    """macs_per_second(model, X): the MACs of the whole batch X divided by the median forward time in seconds."""
+    _callable(macs_per_second, "macs_per_second")
+    torch.manual_seed(0)
+    cases = [(100, 50, 0.002, 16), (64, 32, 0.001, 8)]  # in, out, seconds per call, batch size
+
+    def near(value, target):  # within a factor of 2.5: timings on a busy machine vary that much, the mistakes more
+        return target / 2.5 < value < target * 2.5
+
+    for in_features, out_features, seconds, bs in cases:
+        model, X = _LinearBusy(in_features, out_features, seconds), torch.randn(bs, in_features)
+        per_sample = in_features * out_features
+        got = _call("macs_per_second", macs_per_second, model, X)
+        value, _ = _as_real(got)
+        _expect(value is not None and value > 0,
+                f"macs_per_second(model, X) should return a positive number of MACs per second, got {got!r}")
+        # the forward time as the check measures it right after yours (about `seconds`, more on a loaded machine)
+        measured = latency.measure_latency(model, X, warmup=1, repeats=5, threads=1).median_ms / 1000
+        want = bs * per_sample / measured
+        hint = ""
+        if near(value, want / bs):
+            hint = (": that is one sample's MACs per batch time; count the MACs of the whole batch "
+                    "(metrics.count_macs gives them per sample)")
+        elif near(value, want / 1000):
+            hint = ": that is per millisecond; divide by the time in seconds"
+        elif near(value, want / bs / 1000):
+            hint = ": that is one sample's MACs per millisecond; count the whole batch and divide by seconds"
+        _expect(near(value, want),
+                f"a model of {per_sample:,} MACs per sample whose forward pass takes {measured * 1e3:.1f} ms per call, "
+                f"on a batch of {bs}: about {want:,.0f} MACs per second, got {value:,.0f}{hint}")
+    _passed("macs_per_second", len(cases))
 
 class _Constant(nn.Module):
     """Predicts the same class for every input."""
