@@ -67,9 +67,9 @@ def teacher_macs_per_second(macs_per_second):
 
     model, X = LinearThatWaits(), torch.randn(10, 30)
     got = macs_per_second(model, X)
-    seconds = latency.measure_latency(model, X, warmup=1, repeats=5, threads=1).median_ms / 1000  # ~3 ms, more if loaded
-    want = 10 * 600 / seconds
-    assert want / 2.5 < float(got) < want * 2.5, f"10 samples of 600 MACs in {seconds * 1e3:.1f} ms: about {want:,.0f} MACs per second, got {got}"
+    slowest = max(0.003, latency.measure_latency(model, X, warmup=1, repeats=5, threads=1).median_ms / 1000)
+    low, high = 10 * 600 / (2 * slowest), 1.5 * 10 * 600 / 0.003  # at least 3 ms per pass, more if the machine is busy
+    assert low < float(got) < high, f"10 samples of 600 MACs in 3 ms: about {10 * 600 / 0.003:,.0f} MACs per second, got {got}"
     print("teacher-only cases of macs_per_second: 1 passed")
 
 def teacher_pick_on_validation(pick_on_validation):
