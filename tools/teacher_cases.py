@@ -45,6 +45,33 @@ def teacher_per_image_ms(per_image_ms):
     print("teacher-only cases of per_image_ms: 2 passed")
 
 
+def teacher_macs_per_second(macs_per_second):
+    import time
+
+    import torch
+    from torch import nn
+
+    class LinearThatWaits(nn.Module):  # 30 * 20 = 600 MACs per sample, 3 ms per forward pass whatever the batch
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(30, 20)
+
+        def forward(self, x):
+            end = time.perf_counter() + 0.003
+            y = self.fc(x)
+            while time.perf_counter() < end:
+                pass
+            return y
+
+    from deeplsp_helpers import latency
+
+    model, X = LinearThatWaits(), torch.randn(10, 30)
+    got = macs_per_second(model, X)
+    slowest = max(0.003, latency.measure_latency(model, X, warmup=1, repeats=5, threads=1).median_ms / 1000)
+    low, high = 10 * 600 / (2 * slowest), 1.5 * 10 * 600 / 0.003  # at least 3 ms per pass, more if the machine is busy
+    assert low < float(got) < high, f"10 samples of 600 MACs in 3 ms: about {10 * 600 / 0.003:,.0f} MACs per second, got {got}"
+    print("teacher-only cases of macs_per_second: 1 passed")
+
 def teacher_pick_on_validation(pick_on_validation):
     from types import SimpleNamespace
 

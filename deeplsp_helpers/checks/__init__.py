@@ -15,7 +15,12 @@ from __future__ import annotations
 
 from ._harness import CheckFailed
 from .answers import check_answer
-from .ch00_getting_started import check_per_image_ms, check_pick_on_validation, check_sparse_storage_bits
+from .ch00_getting_started import (
+    check_macs_per_second,
+    check_per_image_ms,
+    check_pick_on_validation,
+    check_sparse_storage_bits,
+)
 from .ch01_granularity import check_csr_break_even, check_fine_grained_mask, check_row_nm_ok
 from .ch02_criteria import check_global_masks, check_obs_step, check_taylor_one_layer
 from .ch03_timing import check_iterative_steps, check_keep_zero, check_one_shot_limit
@@ -28,7 +33,7 @@ from .ch08_transformers import check_nm_mask_rows, check_remove_head, check_wand
 __all__ = [
     "CheckFailed",
     "check_answer",                                                                  # experiments
-    "check_sparse_storage_bits", "check_per_image_ms", "check_pick_on_validation",   # 00
+    "check_sparse_storage_bits", "check_per_image_ms", "check_macs_per_second", "check_pick_on_validation",  # 00
     "check_row_nm_ok", "check_csr_break_even", "check_fine_grained_mask",            # 01
     "check_taylor_one_layer", "check_obs_step", "check_global_masks",                # 02
     "check_iterative_steps", "check_keep_zero", "check_one_shot_limit",              # 03

@@ -1,12 +1,15 @@
-"""Chapter 00, getting started: what sparse storage costs, batching measured, choices made on validation."""
+"""Chapter 00, getting started: what sparse storage costs, MACs per second measured, choices made on validation."""
 
 from __future__ import annotations
 
+import math
+import time
 from collections import namedtuple
 
 import torch
 from torch import nn
 
+from .. import latency
 from ._harness import (
     CheckFailed,
     _as_real,
@@ -92,6 +95,60 @@ def check_per_image_ms(per_image_ms):
                     f"got {value:.4f}{hint}")
     _passed("per_image_ms", len(cases))
 
+
+class _LinearBusy(nn.Module):
+    """A linear layer (``in_features * out_features`` MACs per sample) whose forward pass takes ``seconds`` per call,
+    whatever the batch size (it busy-waits, as ``_Busy`` does)."""
+
+    def __init__(self, in_features, out_features, seconds):
+        super().__init__()
+        self.fc = nn.Linear(in_features, out_features)
+        self.seconds = seconds
+
+    def forward(self, x):
+        end = time.perf_counter() + self.seconds
+        y = self.fc(x)
+        while time.perf_counter() < end:
+            pass
+        return y
+
+
+def _forward_seconds(model, X):
+    """The median forward time as the check measures it (a stand-in's nominal time, more on a loaded machine)."""
+    return latency.measure_latency(model, X, warmup=1, repeats=5, threads=1).median_ms / 1000
+
+
+@_own_rng
+def check_macs_per_second(macs_per_second):
+    """macs_per_second(model, X): the MACs of the whole batch X divided by the median forward time in seconds."""
+    _callable(macs_per_second, "macs_per_second")
+    torch.manual_seed(0)
+    cases = [(100, 50, 0.002, 16), (64, 32, 0.001, 32)]  # in, out, seconds per call (at least), batch size
+    for in_features, out_features, seconds, bs in cases:
+        model, X = _LinearBusy(in_features, out_features, seconds), torch.randn(bs, in_features)
+        per_sample = in_features * out_features
+
+        before = _forward_seconds(model, X)
+        got = _call("macs_per_second", macs_per_second, model, X)
+        slowest = max(before, _forward_seconds(model, X), seconds)
+        value, _ = _as_real(got)
+        _expect(value is not None and value > 0,
+                f"macs_per_second(model, X) should return a positive number of MACs per second, got {got!r}")
+        # a forward pass cannot take less than `seconds`; a busy machine can make it take longer
+        high, low = 1.5 * bs * per_sample / seconds, bs * per_sample / (2 * slowest)
+        if low < value < high:
+            continue
+        typical = bs * per_sample / (seconds * slowest) ** 0.5
+        factor = min((1, bs, 1000, 1000 * bs), key=lambda f: abs(math.log(typical / f / value)))
+        hint = {bs: ": that is one sample's MACs per batch time; count the MACs of the whole batch "
+                    "(metrics.count_macs gives them per sample)",
+                1000: ": that is per millisecond; divide by the time in seconds",
+                1000 * bs: ": that is one sample's MACs per millisecond; count the whole batch and divide by "
+                           "seconds"}.get(factor, "")
+        _expect(False, f"a model of {per_sample:,} MACs per sample whose forward pass takes {seconds * 1e3:g} ms "
+                       f"per call (here {slowest * 1e3:.1f} ms at the slowest), on a batch of {bs}: about "
+                       f"{bs * per_sample / seconds:,.0f} MACs per second, got {value:,.0f}{hint}")
+    _passed("macs_per_second", len(cases))
 
 class _Constant(nn.Module):
     """Predicts the same class for every input."""
