@@ -43,9 +43,10 @@ def test_records_round_trip_and_old_records_take_the_defaults():
 
 
 def test_the_zoo_and_the_cli_use_the_recipe():
-    for name, base in (("vgg_deeplsp", "vgg"), ("resnet_deeplsp", "resnet")):
+    full_budget = DeepLSPRecipe(target_speedup=2.5, finetune_epochs=4, finetune_samples=55_000)  # the whole split
+    for name, base, recipe in (("vgg_deeplsp", "vgg", full_budget), ("resnet_deeplsp", "resnet", DeepLSPRecipe(1.5))):
         record = zoo.PRUNED_RECIPES[name]
-        assert record == {"base": base, "chapter": "06", **DeepLSPRecipe(target_speedup=1.5).as_record()}
+        assert record == {"base": base, "chapter": "06", **recipe.as_record()}
         assert zoo.read_manifest()[name]["recipe"] == record  # and the checkpoints were built with it
     args = build_parser().parse_args(["--model", "vgg", "--out", "x.pt"])
     assert (args.costs, args.lr, args.finetune_samples, args.distill, args.sensitivity_adaptive, args.batch_size,
