@@ -482,6 +482,23 @@ def teacher_ort_predict(ort_predict):
     print("teacher-only cases of ort_predict: 1 passed")
 
 
+def teacher_pruning_gain_per_runtime(pruning_gain_per_runtime):
+    import torch
+
+    from deeplsp_helpers.checks._harness import _Busy  # a stand-in model that busy-waits a known time
+    from deeplsp_helpers.latency import Speedup
+
+    calls = {("structured", "int8"): _Busy(0.0005), ("dense", "int8"): _Busy(0.0015),  # structured listed first
+             ("structured", "ORT, 2 threads"): _Busy(0.001), ("dense", "ORT, 2 threads"): _Busy(0.0005)}
+    got = pruning_gain_per_runtime(calls, torch.zeros(4, 2))
+    assert set(got) == {"int8", "ORT, 2 threads"}, f"one key per runtime, got {sorted(map(repr, got))}"
+    assert all(isinstance(s, Speedup) for s in got.values()), "each value a latency.Speedup"
+    assert abs(got["int8"].median - 3.0) < 1.05, f"1.5 ms against 0.5 ms is about 3x, got {got['int8'].median:.2f}x"
+    slower = got["ORT, 2 threads"].median
+    assert abs(slower - 0.5) < 0.175, f"0.5 ms against 1 ms is about 0.5x (pruned slower here), got {slower:.2f}x"
+    print("teacher-only cases of pruning_gain_per_runtime: 1 passed")
+
+
 def teacher_masked_layers(masked_layers):
     import torch
     from torch import nn

@@ -27,7 +27,7 @@ from .ch03_timing import check_iterative_steps, check_keep_zero, check_one_shot_
 from .ch04_torch_prune import check_compound_sparsity, check_strip_pruning, check_threshold_pruning
 from .ch05_structured import check_coupled_layers, check_keep_inputs, check_speedup_at
 from .ch06_deeplsp import check_global_sparsity, check_is_dead, check_speedup
-from .ch07_deployment import check_masked_layers, check_ort_predict
+from .ch07_deployment import check_masked_layers, check_ort_predict, check_pruning_gain_per_runtime
 from .ch08_transformers import check_nm_mask_rows, check_remove_head, check_wanda_mask
 
 __all__ = [
@@ -40,6 +40,6 @@ __all__ = [
     "check_compound_sparsity", "check_threshold_pruning", "check_strip_pruning",     # 04
     "check_coupled_layers", "check_keep_inputs", "check_speedup_at",                 # 05
     "check_is_dead", "check_global_sparsity", "check_speedup",                       # 06
-    "check_ort_predict", "check_masked_layers",                                      # 07
+    "check_ort_predict", "check_pruning_gain_per_runtime", "check_masked_layers",    # 07
     "check_wanda_mask", "check_nm_mask_rows", "check_remove_head",                   # 08
 ]

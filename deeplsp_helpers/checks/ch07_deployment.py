@@ -1,4 +1,5 @@
-"""Chapter 07, deployment: predictions from an ONNX Runtime session, finding the prune masks a model still carries."""
+"""Chapter 07, deployment: predictions from an ONNX Runtime session, pruning's gain inside each runtime from one
+interleaved run, finding the prune masks a model still carries."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ._harness import CheckFailed, _call, _callable, _expect, _Gain, _own_rng, _passed
+from ._harness import CheckFailed, _Busy, _call, _callable, _expect, _Gain, _own_rng, _passed
 
 
 def _session(model, x, input_name):
@@ -74,6 +75,53 @@ def check_ort_predict(ort_predict):
             raise CheckFailed(f"ort_predict on a batch of {len(X)}: {why}")
         _expect(labels == want, f"ort_predict on a batch of {len(X)} ({X.dtype}) should give {want}, got {labels}")
     _passed("ort_predict", len(cases))
+
+
+class _LoggedBusy(_Busy):
+    """A stand-in model that takes ``seconds`` per call and writes its key into ``log`` at each call."""
+
+    def __init__(self, seconds, key, log):
+        super().__init__(seconds)
+        self.key, self.log = key, log
+
+    def forward(self, x):
+        self.log.append(self.key)
+        return super().forward(x)
+
+
+def check_pruning_gain_per_runtime(pruning_gain_per_runtime):
+    """pruning_gain_per_runtime(calls, X): ``{runtime: latency.Speedup}`` of ``"structured"`` over ``"dense"`` inside
+    each runtime named in ``calls`` (``{(model, runtime): callable}``), every call timed in one interleaved run."""
+    from ..latency import Speedup
+
+    _callable(pruning_gain_per_runtime, "pruning_gain_per_runtime")
+    x = torch.zeros(2, 3)
+    cases = [{"eager": (0.002, 0.001), "fast": (0.001, 0.001)},                          # seconds: (dense, structured)
+             {"a": (0.001, 0.0015), "b": (0.0015, 0.0005), "c": (0.001, 0.001)}]
+    for durations in cases:
+        log, calls = [], {}
+        for runtime, (dense, structured) in durations.items():
+            calls["dense", runtime] = _LoggedBusy(dense, runtime, log)
+            calls["structured", runtime] = _LoggedBusy(structured, runtime, log)
+        got = _call("pruning_gain_per_runtime", pruning_gain_per_runtime, calls, x)
+        _expect(isinstance(got, dict), f"pruning_gain_per_runtime should return a dict {{runtime: latency.Speedup}}, "
+                                       f"got {type(got).__name__}")
+        _expect(set(got) == set(durations), f"the keys should be the runtimes {sorted(durations)} (the second element of "
+                                            f"each (model, runtime) pair), got {sorted(map(repr, got))}")
+        spans = {r: (log.index(r), len(log) - 1 - log[::-1].index(r)) for r in durations if r in log}
+        separate = [(a, b) for a in spans for b in spans if a != b and spans[a][1] < spans[b][0]]
+        _expect(not separate, f"every call of {separate[0][0]!r} ran before any call of {separate[0][1]!r}: time all the "
+                              f"calls in one interleaved run (one latency.time_calls over every pair)" if separate else "")
+        for runtime, (dense, structured) in durations.items():
+            s, want = got[runtime], dense / structured
+            _expect(isinstance(s, Speedup), f"each value should be the latency.Speedup that latency.paired_speedup "
+                                            f"returns (median and interval), got {type(s).__name__} for {runtime!r}")
+            hint = (": that is dense over structured the wrong way round (paired_speedup(baseline_times, times), the "
+                    "dense model's times first)" if want != 1 and abs(s.median - 1 / want) < 0.35 / want else "")
+            _expect(abs(s.median - want) < 0.35 * want,  # wide: a busy machine stretches the stand-ins' times
+                    f"in {runtime!r} the dense call takes {dense * 1e3:g} ms and the structured one {structured * 1e3:g} ms: "
+                    f"the speed-up should be about {want:.2f}x, got {s.median:.2f}x{hint}")
+    _passed("pruning_gain_per_runtime", len(cases))
 
 
 def _masked_model():
