@@ -248,8 +248,8 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
         select_best: with a ``val_loader``, restore the weights of the best validation epoch.
         callbacks: called as ``cb(model)`` after every optimizer step (e.g. to re-apply masks).
         before_step: called as ``hook(model)`` after the backward pass and before each optimizer step, when
-            the gradients exist (e.g. Torch-Pruning's ``GroupNormPruner.regularize``, which adds its
-            group-lasso term to the gradients).
+            the gradients exist (e.g. Torch-Pruning's ``GroupNormPruner.regularize``, which adds the gradient
+            of a weighted squared-L2 penalty on each channel group to the gradients).
         penalty: an extra loss term ``penalty(model)``, e.g. L1 on BatchNorm scales.
         teacher: a model whose soft outputs the model also learns from (:func:`distillation_loss`,
             T = 4, alpha = 0.5); e.g. the dense model while fine-tuning its pruned copy. Over a
