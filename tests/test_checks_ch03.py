@@ -108,6 +108,13 @@ def _keep_zero_once(name, mask):
     return callback
 
 
+def _keep_zero_float_index(name, mask):
+    def callback(model):
+        with torch.no_grad():
+            model.get_submodule(name).weight[1 - mask] = 0  # the float mask used as an index
+    return callback
+
+
 def _keep_zero_getattr(name, mask):
     def callback(model):
         with torch.no_grad():
@@ -170,7 +177,8 @@ WRONG_TOLD = {  # (wrong answer, what the message must say)
          "changed out.bias"),
         (_keep_zero_new_parameter, "optimizer still updates the old one"),
         (_keep_zero_once, "after every step"),
-        (_keep_zero_getattr, "AttributeError"),
+        (_keep_zero_getattr, "AttributeError.*get_submodule"),
+        (_keep_zero_float_index, "IndexError.*not an index"),
         (lambda name, mask: 0, "must return a callback"),
     ],
     "one_shot_limit": [

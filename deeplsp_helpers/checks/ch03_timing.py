@@ -77,7 +77,17 @@ def _run_keep_zero(keep_zero, model, layer_name, mask, batches, opt):
             _expect(bool((moved > 0).any()), f"step {step}: after the callback, an optimizer step no longer moves "
                     f"the kept weights of {layer_name}: the layer has stopped training")
         state = _snapshot(model)
-        _call("the callback", callback, model)
+        try:
+            _call("the callback", callback, model)
+        except CheckFailed as failed:
+            hint = ""
+            if "IndexError" in str(failed) and "indices" in str(failed):
+                hint = ("; the mask is a float 0/1 tensor (1 = keep), not an index: multiply by it in place "
+                        "(weight.mul_(mask)) or index with a bool tensor (weight[mask == 0] = 0)")
+            elif "AttributeError" in str(failed) and "." in layer_name:
+                hint = (f"; the layer's name {layer_name!r} is dotted (a layer inside a block): "
+                        f"model.get_submodule(layer_name) finds it, getattr(model, layer_name) does not")
+            raise CheckFailed(f"{failed}{hint}") from None
         _expect(layer.weight is param and _optimizer_holds(opt, layer.weight),
                 f"the callback replaced {layer_name}.weight with a new tensor: the optimizer still updates the old "
                 f"one, so the layer silently stops training. Re-apply the mask in place, e.g. "
