@@ -137,7 +137,7 @@ def check_pick_on_validation(pick_on_validation):
              ({"c": _Constant(2), "a": _Constant(0), "b": _Constant(1)}, [0, 0, 2, 2, 2], [0, 0, 0, 1, 2], "a"),
              ({"a": _Constant(0), "b": _Constant(1), "c": _Constant(2)}, [2, 2, 2, 0, 1], [0, 0, 0, 2, 2, 1], "a")]
     answers = []
-    for models, train_labels, val_labels, want in cases:
+    for models, train_labels, val_labels, _ in cases:
         loaders = _Loaders(_split(train_labels), _split(val_labels), _Forbidden())
         got = _call("pick_on_validation", pick_on_validation, models, loaders)
         _expect(isinstance(got, str), f"pick_on_validation should return the model's name (a key of `models`), "
@@ -155,7 +155,7 @@ def check_pick_on_validation(pick_on_validation):
     fits = [why for key, why in (("train", ": that one is best on the training split; choose on the validation split"),
                                  ("worst", ": that one has the lowest validation accuracy; take the highest (max)"))
             if picks[key] == answers]
-    for (models, _, val_labels, want), got in zip(cases, answers):
+    for (_, _, val_labels, want), got in zip(cases, answers):
         _expect(got == want, f"with validation labels {val_labels}, the best model on validation is {want!r}, "
                              f"got {got!r}{fits[0] if len(fits) == 1 else ''}")
     _passed("pick_on_validation", len(cases))
