@@ -24,12 +24,15 @@ def all_answers() -> tuple[dict, dict, dict]:
                  for table in ("RIGHT", "RIGHT_ALSO", "WRONG"))
 
 
-def chapter_tests(module, right: dict, wrong: dict, wrong_told: dict, right_also: dict | None = None) -> dict:
+def chapter_tests(module, right: dict, wrong: dict, wrong_told: dict, right_also: dict | None = None,
+                  designs: frozenset | set = frozenset()) -> dict:
     """``{test name: test function}`` for the checks of one chapter's module (``deeplsp_helpers.checks.chNN_…``).
 
     ``right``: the notebook's answer to each check; ``wrong``: answers each check must reject with a message;
     ``wrong_told``: ``(wrong answer, what the message must say)``; ``right_also`` (chapters whose checks list right
-    alternatives and wrong answers with their causes): every right answer the task allows, the notebook's first.
+    alternatives and wrong answers with their causes): every right answer the task allows, the notebook's first;
+    ``designs``: checks whose first argument is a value the learner writes (``answer_… = …``, which the student
+    edition leaves as ``...``), followed by the exercise's setting, rather than functions.
     """
     names = sorted(n[len("check_"):] for n in vars(module) if n.startswith("check_"))
 
@@ -68,8 +71,11 @@ def chapter_tests(module, right: dict, wrong: dict, wrong_told: dict, right_also
         if name == "threshold_pruning":
             stub = type("Stub", (prune.BasePruningMethod,), {"PRUNING_TYPE": "unstructured", "compute_mask": unwritten,
                                                               "apply": classmethod(unwritten)})
+        args = [stub] * len(args_of(right[name]))
+        if name in designs:  # the answer not given yet (`...`), the setting as in the right answer
+            args = [..., *args_of(right[name])[1:]]
         with pytest.raises(checks.CheckFailed, match="not written yet"):
-            getattr(checks, f"check_{name}")(*[stub] * len(args_of(right[name])))
+            getattr(checks, f"check_{name}")(*args)
 
     tests = [test_every_check_has_a_right_and_wrong_answers, test_right_answer_passes,
              test_wrong_answer_fails_with_a_message, test_wrong_answer_is_told_what_is_wrong,
@@ -95,7 +101,7 @@ def chapter_tests(module, right: dict, wrong: dict, wrong_told: dict, right_also
         capsys.readouterr()
 
     tests += [test_every_right_alternative_passes, test_checks_leave_the_random_state_alone_and_are_fast]
-    experiments = sorted(n for n in right_also if isinstance(right[n], tuple))
+    experiments = sorted(n for n in right_also if isinstance(right[n], tuple) and n not in designs)
     if experiments:
         @pytest.mark.parametrize("name", experiments)
         def test_an_experiment_check_says_which_function_is_not_written(name):

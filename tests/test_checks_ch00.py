@@ -96,6 +96,7 @@ WRONG_TOLD = {  # (wrong answer, what the message must say)
         (lambda models, loaders: max(models, key=lambda n: train.evaluate(models[n], loaders.train)), "training split"),
         (lambda models, loaders: models[pick_on_validation(models, loaders)], "name"),
         (lambda models, loaders: next(iter(models)), "best model on validation"),
+        (lambda models, loaders: min(models, key=lambda n: train.evaluate(models[n], loaders.val)), "lowest validation"),
     ],
 }
 

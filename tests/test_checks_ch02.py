@@ -1,5 +1,7 @@
 """Chapter 02 (pruning criteria): its exercise checks accept right answers and reject known-wrong ones, with a message."""
 
+import numpy as np
+import pytest
 import torch
 from check_cases import chapter_tests
 from test_checks_ch01 import _mask_with_ties_over, fine_grained_mask
@@ -80,6 +82,17 @@ def _taylor_variant(reduction="mean", accumulate=False, abs_of_mean=False):
     return fn
 
 
+def _global_masks_truncated(scores, sparsity):  # int() where the statement says round
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    keep = torch.ones(flat.numel())
+    keep[flat.argsort(stable=True)[:int(sparsity * flat.numel())]] = 0
+    out, i = {}, 0
+    for k, s in scores.items():
+        out[k] = keep[i:i + s.numel()].reshape(s.shape)
+        i += s.numel()
+    return out
+
+
 def _per_layer_masks(scores, sparsity):
     return {k: fine_grained_mask(s, sparsity) for k, s in scores.items()}
 
@@ -110,6 +123,8 @@ WRONG_TOLD = {  # (wrong answer, what the message must say)
     ],
     "global_masks": [
         (_global_threshold_masks, "tie"),
+        (lambda scores, s: global_masks({k: v.abs() for k, v in scores.items()}, s), "not the smallest \\|score\\|"),
+        (_global_masks_truncated, "int\\(\\) truncates"),
         (lambda scores, s: {k: m.bool() for k, m in global_masks(scores, s).items()}, "float masks"),
     ],
 }
@@ -139,5 +154,7 @@ def test_obs_step_accepts_any_correct_answer(capsys):
     from deeplsp_helpers import checks
 
     checks.check_obs_step(obs_step_solved)  # solved from H, float32, returned as a list
-    checks.check_obs_step(lambda w, H_inv, q: (torch.tensor(obs_step(w, H_inv, q)[0]), obs_step(w, H_inv, q)[1].float()))
+    checks.check_obs_step(lambda w, H_inv, q: (np.float64(obs_step(w, H_inv, q)[0]), obs_step(w, H_inv, q)[1].float()))
     assert capsys.readouterr().out.count("hidden cases passed") == 2
+    with pytest.raises(checks.CheckFailed, match=r"Python float.*\.item\(\)"):  # the statement asks for a Python float
+        checks.check_obs_step(lambda w, H_inv, q: (torch.tensor(obs_step(w, H_inv, q)[0]), obs_step(w, H_inv, q)[1]))

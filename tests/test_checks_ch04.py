@@ -154,11 +154,31 @@ def _strip_a_copy(model):
     return copy.deepcopy(strip_pruning(model))
 
 
+def _strip_copy_first(model):  # a copy where the statement says in place: a pruned model cannot be deep-copied
+    return strip_pruning(copy.deepcopy(model))
+
+
+def _strip_by_hook_names(model):  # another right answer: the hooks say which tensors are pruned
+    for mod in model.modules():
+        names = [h._tensor_name for h in mod._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
+        for name in names:
+            prune.remove(mod, name)
+    return model
+
+
+def _strip_by_orig_and_mask(model):  # another right answer: a pruned tensor leaves both name_orig and name_mask
+    for mod in model.modules():
+        for name in [n[:-len("_orig")] for n, _ in mod.named_parameters(recurse=False) if n.endswith("_orig")]:
+            if hasattr(mod, f"{name}_mask"):
+                prune.remove(mod, name)
+    return model
+
+
 RIGHT_ALSO = {  # the first answer is the notebook's; each one must pass
     "compound_sparsity": [(sparsity_after, compound_sparsity),
                           (_sparsity_after_tensor, lambda z, a: torch.tensor(compound_sparsity(z, a), dtype=torch.float32))],
     "threshold_pruning": [ThresholdPruning, BoolThreshold, GlobalThreshold],
-    "strip_pruning": [strip_pruning, _strip_by_buffers],
+    "strip_pruning": [strip_pruning, _strip_by_hook_names, _strip_by_orig_and_mask],
 }
 RIGHT = {name: answers[0] for name, answers in RIGHT_ALSO.items()}
 
@@ -182,6 +202,8 @@ WRONG_TOLD = {  # (wrong answer, what the message must say)
         (lambda model: strip_pruning(model) and None, "return it"), (_strip_a_copy, "the same object"),
         (_strip_children_only, "nested"), (_strip_weight_and_bias, "whatever its name"),
         (_strip_everything, "ValueError"),
+        (_strip_by_buffers, "row_mask that no pruning made"),   # every buffer named …_mask taken for a prune mask
+        (_strip_copy_first, "cannot be deep-copied.*in place"),
     ],
 }
 

@@ -36,6 +36,14 @@ def _no_bias(fc, keep):
     return new
 
 
+def _bias_always(fc, keep):  # a bias even where fc has none (nn.Linear's default)
+    new = nn.Linear(len(keep), fc.out_features)
+    new.weight.data = fc.weight.data[:, keep].clone()
+    if fc.bias is not None:
+        new.bias.data = fc.bias.data.clone()
+    return new
+
+
 def _view_not_copy(fc, keep):
     new = nn.Linear(len(keep), fc.out_features, bias=fc.bias is not None)
     new.weight.data = fc.weight.data[:, keep].clone()
@@ -55,6 +63,11 @@ WRONG_TOLD = {  # (wrong answer, what the message must say)
         (lambda m, x, layer: {layer}, "missing"),
         (lambda m, x, layer: coupled_layers(m, x, layer) | {"_ElementWiseOp"}, "not modules"),
         (lambda m, x, layer: sorted(coupled_layers(m, x, layer)).__len__(), "set of module names"),
+        (lambda m, x, layer: sorted(coupled_layers(m, x, layer)), "wrap it: set"),  # a list where a set is asked for
+    ],
+    "keep_inputs": [
+        (_no_bias, "fc has a bias: the new layer needs it too"),
+        (_bias_always, "fc has no bias"),
     ],
     "speedup_at": [
         (lambda d, p, x: speedup_at(p, d, x), "the other way round"),
@@ -64,8 +77,7 @@ WRONG_TOLD = {  # (wrong answer, what the message must say)
 }
 
 WRONG_ONLY = {  # wrong answers the check must reject, whatever its message
-    "keep_inputs": [_no_bias, _view_not_copy,
-                    lambda fc, keep: keep_inputs(fc, keep.sort().values)],
+    "keep_inputs": [_view_not_copy, lambda fc, keep: keep_inputs(fc, keep.sort().values)],
 }
 WRONG = {name: [answer for answer, _ in WRONG_TOLD.get(name, [])] + WRONG_ONLY.get(name, []) for name in RIGHT}
 

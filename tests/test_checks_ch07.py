@@ -63,6 +63,11 @@ def _masked_by_buffers(model):
     return [name for name, m in model.named_modules() if any(b.endswith("_mask") for b, _ in m.named_buffers(recurse=False))]
 
 
+def _masked_by_orig(model):  # another right answer: a prune mask comes with the tensor's name_orig
+    return {name for name, m in model.named_modules()
+            if any(b.endswith("_mask") and hasattr(m, b[:-len("_mask")] + "_orig") for b, _ in m.named_buffers(recurse=False))}
+
+
 def _masked_weight_only(model):
     return {name for name, m in model.named_modules() if hasattr(m, "weight_mask")}
 
@@ -74,7 +79,7 @@ def _masked_children_only(model):
 RIGHT_ALSO = {  # the first answer is the notebook's; each one must pass
     "ort_predict": [ort_predict, _ort_predict_numpy],
     "pruning_gain_per_runtime": [pruning_gain_per_runtime, _gains_by_runtime_set],
-    "masked_layers": [masked_layers, _masked_by_buffers],
+    "masked_layers": [masked_layers, _masked_by_orig],
 }
 RIGHT = {name: answers[0] for name, answers in RIGHT_ALSO.items()}
 
@@ -104,6 +109,8 @@ WRONG_TOLD = {  # (wrong answer, what the message must say)
         (lambda model: prune.is_pruned(model), "set of module names"),
         (lambda model: masked_layers(model) | {"body.conv"}, "prune.remove"),
         (_masked_no_root, "the model itself"),
+        (_masked_by_buffers, "wrap it: set"),                                 # a list, and any buffer named …_mask
+        (lambda model: set(_masked_by_buffers(model)), "only has a buffer called channel_mask"),
     ],
 }
 

@@ -51,8 +51,8 @@ def nm_mask_rows(scores, n, m):
     return torch.zeros_like(groups).scatter_(2, groups.topk(n, dim=2).indices, 1.0).reshape(scores.shape)
 
 
-def _nm_with_package(scores, n, m):
-    return masks.nm_mask(scores, n, m, dim=1)
+def _nm_with_package(scores, n, m):  # the package's N:M mask keeps the largest |w|: shift the scores to >= 0 first
+    return masks.nm_mask(scores - scores.min(), n, m, dim=1)
 
 
 def _keep_head_features(attn, keep):
@@ -96,6 +96,42 @@ def _remove_head_copy(attn, h):
     return remove_head(copy.deepcopy(attn), h)
 
 
+def _remove_head_no_bias(attn, h):  # rebuilds the layers without their biases
+    d = attn.head_dim
+    keep = torch.tensor([i for i in range(attn.num_heads * d) if i // d != h])
+    for name in ("q_proj", "k_proj", "v_proj"):
+        old = getattr(attn, name)
+        new = nn.Linear(old.in_features, len(keep), bias=False)
+        new.weight.data = old.weight.data[keep].clone()
+        setattr(attn, name, new)
+    new = nn.Linear(len(keep), attn.out_proj.out_features, bias=False)
+    new.weight.data = attn.out_proj.weight.data[:, keep].clone()
+    attn.out_proj = new
+    return attn
+
+
+def _remove_head_keep_recomputed(attn, h):  # num_heads read again after q_proj has shrunk
+    for name in ("q_proj", "k_proj", "v_proj"):
+        d = attn.head_dim
+        keep = torch.tensor([i for i in range(attn.num_heads * d) if i // d != h])
+        old = getattr(attn, name)
+        new = nn.Linear(old.in_features, len(keep))
+        new.weight.data, new.bias.data = old.weight.data[keep].clone(), old.bias.data[keep].clone()
+        setattr(attn, name, new)
+    return attn
+
+
+def _remove_head_from_new_q(attn, h):  # k and v cut from the already smaller q_proj: an index out of range
+    d = attn.head_dim
+    keep = torch.tensor([i for i in range(attn.num_heads * d) if i // d != h])
+    for name in ("q_proj", "k_proj", "v_proj"):
+        old = attn.q_proj  # copy-pasted: always q_proj
+        new = nn.Linear(old.in_features, len(keep))
+        new.weight.data, new.bias.data = old.weight.data[keep].clone(), old.bias.data[keep].clone()
+        setattr(attn, name, new)
+    return attn
+
+
 RIGHT_ALSO = {  # the first answer is the notebook's; each one must pass
     "wanda_mask": [wanda_mask, _wanda_with_package],
     "nm_mask_rows": [nm_mask_rows, _nm_with_package],
@@ -118,10 +154,14 @@ WRONG_TOLD = {  # (wrong answer, what the message must say)
                                                                 1.0), "of the row"),
         (lambda scores, n, m: nm_mask_rows(scores.T.contiguous(), n, m).T, "RuntimeError|not down the columns"),
         (lambda scores, n, m: nm_mask_rows(scores, n, m).long(), "float 0/1 tensor or a bool"),
+        (lambda scores, n, m: nm_mask_rows(scores.abs(), n, m), "not the largest \\|score\\|"),
     ],
     "remove_head": [
         (_remove_head_rows, "rows"), (_remove_head_keep_out_proj, "columns"), (_remove_head_copy, "in place"),
         (lambda attn, h: None, "in place and return"),
+        (_remove_head_no_bias, "has no bias"),
+        (_remove_head_keep_recomputed, "compute the rows to keep once"),
+        (_remove_head_from_new_q, "IndexError.*index the original layers"),
     ],
 }
 

@@ -283,6 +283,29 @@ def teacher_one_shot_limit(accuracy_at, one_shot_limit):
     print("teacher-only cases of accuracy_at and one_shot_limit: 4 passed")
 
 
+def teacher_sparsity_plan(sparsities, task):
+    import copy
+
+    import torch
+    from torch import nn
+    from torch.nn.utils import prune
+
+    # the same plan measured another way: torch.nn.utils.prune's L1 pruning per layer (an independent implementation
+    # of magnitude pruning within each layer), on every held-out image
+    setting = task()
+    plan = sparsities() if callable(sparsities) else sparsities
+    model = copy.deepcopy(setting["model"]).eval()
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    for name, s in plan.items():
+        prune.l1_unstructured(layers[name], "weight", amount=float(s))
+    nonzero = sum(int(m.weight.count_nonzero()) for m in layers.values())
+    assert nonzero <= setting["max_nonzero"], f"the plan leaves {nonzero} non-zero weights, at most {setting['max_nonzero']} allowed"
+    with torch.no_grad():
+        accuracy = 100.0 * (model(setting["X"]).argmax(1) == setting["y"]).double().mean().item()
+    assert accuracy >= setting["floor"], f"the plan reaches {accuracy:.2f} %, below the floor of {setting['floor']} %"
+    print("teacher-only cases of sparsity_plan: 2 passed")
+
+
 # ---- chapter 04 ---------------------------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from .ch00_getting_started import (
 )
 from .ch01_granularity import check_csr_break_even, check_fine_grained_mask, check_row_nm_ok
 from .ch02_criteria import check_global_masks, check_obs_step, check_taylor_one_layer
-from .ch03_timing import check_iterative_steps, check_keep_zero, check_one_shot_limit
+from .ch03_timing import check_iterative_steps, check_keep_zero, check_one_shot_limit, check_sparsity_plan
 from .ch04_torch_prune import check_compound_sparsity, check_strip_pruning, check_threshold_pruning
 from .ch05_structured import check_coupled_layers, check_keep_inputs, check_speedup_at
 from .ch06_deeplsp import check_global_sparsity, check_is_dead, check_speedup
@@ -37,6 +37,7 @@ __all__ = [
     "check_row_nm_ok", "check_csr_break_even", "check_fine_grained_mask",            # 01
     "check_taylor_one_layer", "check_obs_step", "check_global_masks",                # 02
     "check_iterative_steps", "check_keep_zero", "check_one_shot_limit",              # 03
+    "check_sparsity_plan",                                                           # 03
     "check_compound_sparsity", "check_threshold_pruning", "check_strip_pruning",     # 04
     "check_coupled_layers", "check_keep_inputs", "check_speedup_at",                 # 05
     "check_is_dead", "check_global_sparsity", "check_speedup",                       # 06

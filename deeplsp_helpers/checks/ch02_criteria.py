@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._harness import _batches, _call, _callable, _expect, _number, _own_rng, _passed, _tiny_mlp
+from ._harness import CheckFailed, _batches, _call, _callable, _expect, _own_rng, _passed, _tiny_mlp
 
 
 def _taylor_variants(model, layer, batches):
@@ -84,7 +84,10 @@ def check_obs_step(obs_step):
         got = _call("obs_step", obs_step, w.clone(), h_inv.clone(), q)
         _expect(isinstance(got, (tuple, list)) and len(got) == 2,
                 f"obs_step should return a pair (increase, new_w), got {type(got).__name__}")
-        inc, new_w = _number(got[0]), got[1]
+        inc, new_w = got[0], got[1]
+        if isinstance(inc, torch.Tensor):
+            raise CheckFailed(f"the increase should be a Python float, got a {inc.dtype} tensor of shape "
+                              f"{tuple(inc.shape)}: take its value with .item() (or float(...))")
         _expect(isinstance(inc, (int, float)) and not isinstance(inc, bool),
                 f"the increase should be a number (a Python float), got {type(inc).__name__}")
         _expect(isinstance(new_w, torch.Tensor) and new_w.shape == w.shape,
@@ -121,7 +124,10 @@ def check_global_masks(global_masks):
     torch.manual_seed(0)
     scores = {"a": torch.rand(6, 5) * 10, "b": torch.rand(4, 3, 3), "c": torch.full((2, 7), 0.5)}  # c: all tied
     tied = {"a": torch.tensor([1.0, 2.0, 3.0, 3.0, 3.0, 3.0]), "b": torch.tensor([[3.0, 3.0], [5.0, 6.0]])}
-    cases = [(scores, s) for s in (0.2, 0.5, 0.9, 0.0, 1.0)] + [(tied, 0.5), (tied, 0.25)]
+    signed = {"a": torch.tensor([[-4.0, 0.5, 2.0], [-0.1, 3.0, -2.5]]), "b": torch.tensor([1.0, -3.0, 0.2, 4.0])}
+    cases = [(scores, s) for s in (0.2, 0.5, 0.9, 0.0, 1.0)] + [(tied, 0.5), (tied, 0.25),
+                                                                  (scores, 0.37),   # 29.6 zeros: round to 30
+                                                                  (signed, 0.4)]    # a negative score is low
     for sc, s in cases:
         total = sum(v.numel() for v in sc.values())
         masks = _call("global_masks", global_masks, {k: v.clone() for k, v in sc.items()}, s)
@@ -133,6 +139,9 @@ def check_global_masks(global_masks):
                                "multiplies and averages them")
         _expect(all(bool(((masks[k] == 0) | (masks[k] == 1)).all()) for k in sc), "masks must hold only 0.0 and 1.0")
         zeros, want = sum(int((masks[k] == 0).sum()) for k in sc), round(s * total)
+        _expect(zeros == want or zeros != int(s * total),
+                f"at sparsity {s}: expected exactly round({s} · {total}) = {want} zeros, got {zeros}: "
+                f"{s} · {total} = {s * total:.4g}; round it, int() truncates")
         kth = torch.cat([v.flatten() for v in sc.values()]).sort().values[want - 1] if want else None
         ties = kth is not None and int((torch.cat([v.flatten() for v in sc.values()]) == kth).sum()) > 1
         hint = "; several scores tie at the threshold: prune exactly enough of them (a stable sort splits ties)" \
@@ -140,7 +149,10 @@ def check_global_masks(global_masks):
         _expect(zeros == want, f"at sparsity {s}: expected exactly {want} zeros over all {total} scores, got {zeros}{hint}")
         kept = torch.cat([sc[k][masks[k] != 0] for k in sc])
         pruned = torch.cat([sc[k][masks[k] == 0] for k in sc])
-        if kept.numel() and pruned.numel():
-            _expect(kept.min() >= pruned.max(), f"at sparsity {s}: a kept score is smaller than a pruned one in "
-                                                "another layer (the threshold must be global, not per layer)")
+        if kept.numel() and pruned.numel() and kept.min() < pruned.max():
+            magnitude = bool(kept.abs().min() >= pruned.abs().max())
+            _expect(False, f"at sparsity {s}: a kept score is smaller than a pruned one" + (
+                ": prune the lowest scores themselves, not the smallest |score| (a score is already an importance; "
+                "a negative one ranks below every positive one)" if magnitude else
+                " in another layer (the threshold must be global, not per layer)"))
     _passed("global_masks", len(cases))

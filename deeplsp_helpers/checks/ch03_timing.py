@@ -77,7 +77,17 @@ def _run_keep_zero(keep_zero, model, layer_name, mask, batches, opt):
             _expect(bool((moved > 0).any()), f"step {step}: after the callback, an optimizer step no longer moves "
                     f"the kept weights of {layer_name}: the layer has stopped training")
         state = _snapshot(model)
-        _call("the callback", callback, model)
+        try:
+            _call("the callback", callback, model)
+        except CheckFailed as failed:
+            hint = ""
+            if "IndexError" in str(failed) and "indices" in str(failed):
+                hint = ("; the mask is a float 0/1 tensor (1 = keep), not an index: multiply by it in place "
+                        "(weight.mul_(mask)) or index with a bool tensor (weight[mask == 0] = 0)")
+            elif "AttributeError" in str(failed) and "." in layer_name:
+                hint = (f"; the layer's name {layer_name!r} is dotted (a layer inside a block): "
+                        f"model.get_submodule(layer_name) finds it, getattr(model, layer_name) does not")
+            raise CheckFailed(f"{failed}{hint}") from None
         _expect(layer.weight is param and _optimizer_holds(opt, layer.weight),
                 f"the callback replaced {layer_name}.weight with a new tensor: the optimizer still updates the old "
                 f"one, so the layer silently stops training. Re-apply the mask in place, e.g. "
@@ -196,3 +206,104 @@ def check_one_shot_limit(accuracy_at, one_shot_limit):
             raise CheckFailed(f"one_shot_limit({shown}, dense={base:.6g}, drop={drop:g}){source} should be {want}, "
                               f"got {_show(got)}: {why}")
     _passed("accuracy_at and one_shot_limit", 7 + len(cases))
+
+
+# ---- added for issue #25: the design exercise of MIT's pruning lab: per-layer sparsities chosen from a sensitivity ----
+# ---- scan, measured against a size target and an accuracy floor (any plan that meets both passes)                ----
+
+_PLAN_TASK_KEYS = ("model", "X", "y", "max_nonzero", "floor")
+
+
+def _plan_task(task):
+    """The exercise's setting, ``task()``: ``{"model", "X", "y", "max_nonzero", "floor"}``."""
+    if not callable(task):
+        raise TypeError("pass the exercise's setting as a function of no arguments (lambda: PLAN_TASK), got "
+                        f"{type(task).__name__}")
+    try:
+        setting = task()
+    except NotImplementedError:
+        raise CheckFailed("the setting of this exercise is not written yet") from None
+    except Exception as exc:  # e.g. a NameError: the cell that defines the setting has not run
+        raise CheckFailed(f"the exercise's setting above has not run ({type(exc).__name__}: {exc})") from None
+    if not isinstance(setting, dict) or sorted(setting) != sorted(_PLAN_TASK_KEYS):
+        raise TypeError(f"the setting must be a dict with the keys {list(_PLAN_TASK_KEYS)}, got {_show(setting)}")
+    return setting
+
+
+def _accuracy(model, X, y, batch=1000):
+    with torch.no_grad():
+        correct = sum(int((model(X[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(y), batch))
+    return 100.0 * correct / len(y)
+
+
+def _pruned_copy(model, plan):
+    import copy
+
+    from ..pruners import FineGrainedPruner
+
+    probe = copy.deepcopy(model).eval()
+    if any(s > 0 for s in plan.values()):
+        FineGrainedPruner(probe, plan).apply(probe)
+    return probe
+
+
+@_own_rng
+def check_sparsity_plan(sparsities, task):
+    """sparsities: ``{layer name: sparsity}`` chosen by the learner (a layer left out stays dense); task: a function
+    of no arguments returning the setting ``{"model", "X", "y", "max_nonzero", "floor"}`` (called only once an answer
+    is given, so the check cell can name what the chapter computed).
+
+    Any plan passes that (1) names prunable layers of the model (Conv2d/Linear) with sparsities between 0 and 1,
+    (2) pruned once by magnitude within each layer (``pruners.FineGrainedPruner``) leaves at most ``max_nonzero``
+    non-zero Conv2d/Linear weights (biases are not counted), and (3) reaches at least ``floor`` % accuracy on the
+    held-out images ``(X, y)``, without fine-tuning. The plan is measured, not compared with one answer.
+    """
+    from ..criteria import prunable_layers
+
+    name = "the sparsity plan"
+    if sparsities is None or sparsities is Ellipsis:
+        raise CheckFailed(f"{name} is not written yet: set answer_sparsities to a dict {{layer name: sparsity}}, read "
+                          f"off the sensitivity scan above")
+    if callable(sparsities):
+        sparsities = _call(name, sparsities)
+    setting = _plan_task(task)
+    model, X, y = setting["model"], setting["X"], setting["y"]
+    max_nonzero, floor = setting["max_nonzero"], setting["floor"]
+    layers = prunable_layers(model)
+    _expect(isinstance(sparsities, dict), f"{name} should be a dict {{layer name: sparsity}}, got {_show(sparsities)}")
+    _expect(sparsities, f"{name} is empty: give a sparsity to the layers you prune (a layer left out stays dense)")
+    plan = {}
+    for layer, s in sparsities.items():
+        if layer not in layers:
+            hint = ""
+            if isinstance(layer, str) and layer.rsplit(".", 1)[0] in layers:
+                hint = f": name the layer ({layer.rsplit('.', 1)[0]!r}), not its tensor"
+            raise CheckFailed(f"{name}: {layer!r} is not a prunable layer of the model; its Conv2d/Linear layers are "
+                              f"{list(layers)}{hint}")
+        value, _ = _as_real(s)
+        _expect(value is not None, f"{name}: the sparsity of {layer!r} should be a number, got {_show(s)}")
+        _expect(0.0 <= value <= 1.0, f"{name}: the sparsity of {layer!r} is {value:g}; a sparsity is the fraction of "
+                                     "the layer's weights set to zero, between 0 and 1"
+                                     + (" (not a percentage)" if 1 < value <= 100 else ""))
+        plan[layer] = value
+    probe = _pruned_copy(model, plan)
+    total = sum(m.weight.numel() for m in layers.values())
+    nonzero = sum(int(m.weight.count_nonzero()) for m in prunable_layers(probe).values())
+    if nonzero > max_nonzero:
+        largest = sorted(layers, key=lambda n: -layers[n].weight.numel())[:2]
+        raise CheckFailed(f"{name} leaves {nonzero:,} of the {total:,} weights non-zero ({1 - nonzero / total:.1%} "
+                          f"sparse); the target is at most {max_nonzero:,} ({1 - max_nonzero / total:.1%} sparse): "
+                          f"prune more, where the scan says it costs least ({' and '.join(largest)} hold the most "
+                          f"weights)")
+    accuracy = _accuracy(probe, X, y)
+    if accuracy < floor:
+        alone = {n: _accuracy(_pruned_copy(model, {n: s}), X, y) for n, s in plan.items() if s > 0}
+        dense = _accuracy(_pruned_copy(model, {}), X, y)
+        worst = max(alone, key=lambda n: dense - alone[n]) if alone else None
+        why = (f"; pruned alone to {plan[worst]:g}, {worst} already costs {dense - alone[worst]:.1f} points: spare the "
+               "layers the scan shows to be sensitive and take the zeros from the ones it shows to be robust"
+               if worst else "")
+        raise CheckFailed(f"{name} meets the size target ({nonzero:,} non-zero weights, at most {max_nonzero:,}), "
+                          f"but reaches {accuracy:.2f} % on the held-out images, below the floor of {floor:g} %{why}")
+    print(f"sparsity plan: all 3 hidden cases passed (valid layers and sparsities; {nonzero:,} non-zero weights, at "
+          f"most {max_nonzero:,}; {accuracy:.2f} % on the {len(y):,} held-out images, floor {floor:g} %)")

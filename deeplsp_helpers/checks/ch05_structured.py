@@ -51,9 +51,9 @@ def check_coupled_layers(coupled_layers):
              (_Depthwise(), "expand", {"expand", "bn1", "depthwise", "bn2", "project"})]
     for model, layer, want in cases:
         got = _call("coupled_layers", coupled_layers, model, x, layer)
-        _expect(isinstance(got, (set, frozenset, list, tuple)) and all(isinstance(n, str) for n in got),
-                f"coupled_layers should return a set of module names (str), got {type(got).__name__}")
-        got = set(got)
+        _expect(isinstance(got, (set, frozenset)) and all(isinstance(n, str) for n in got),
+                f"coupled_layers should return a set of module names (str), got {type(got).__name__}"
+                + (" (wrap it: set(...))" if isinstance(got, (list, tuple)) else ""))
         hint = ""
         if got - want:
             hint = f"; {sorted(got - want)} are not modules of the model whose tensors change (leave out operations " \
@@ -78,6 +78,12 @@ def check_keep_inputs(keep_inputs):
         new = _call("keep_inputs", keep_inputs, fc, keep)
         _expect(isinstance(new, nn.Linear) and new.in_features == len(keep) and new.out_features == fc.out_features,
                 f"keep_inputs({fc}, {keep.tolist()}) must return a Linear({len(keep)}, {fc.out_features})")
+        _expect((new.bias is None) == (fc.bias is None),
+                f"keep_inputs({fc}, {keep.tolist()}): " + ("fc has a bias: the new layer needs it too (a copy of fc's "
+                                                           "bias; removing inputs does not change it)"
+                                                           if fc.bias is not None else
+                                                           "fc has no bias (bias=False): the new layer must not add one "
+                                                           "(nn.Linear(..., bias=fc.bias is not None))"))
         x = torch.randn(4, fc.in_features)
         zeroed = torch.zeros_like(x)
         zeroed[:, keep] = x[:, keep]

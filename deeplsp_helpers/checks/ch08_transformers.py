@@ -74,7 +74,8 @@ def check_nm_mask_rows(nm_mask_rows):
     _callable(nm_mask_rows, "nm_mask_rows")
     gen = torch.Generator().manual_seed(1)
     cases = [(torch.rand(3, 8, generator=gen), 2, 4), (torch.rand(2, 16, generator=gen), 4, 8),
-             (torch.rand(4, 6, generator=gen), 1, 3), (torch.rand(8, 8, generator=gen), 2, 4)]
+             (torch.rand(4, 6, generator=gen), 1, 3), (torch.rand(8, 8, generator=gen), 2, 4),
+             (torch.randn(3, 8, generator=gen), 2, 4)]  # signed scores: a negative score is low, whatever its size
     for scores, n, m in cases:
         before = scores.clone()
         got = _call("nm_mask_rows", nm_mask_rows, scores, n, m)
@@ -88,8 +89,12 @@ def check_nm_mask_rows(nm_mask_rows):
             continue
         lowest = torch.zeros_like(groups).scatter_(2, (-groups).topk(n, dim=2).indices, 1.0).reshape(scores.shape)
         row_top = torch.zeros_like(scores).scatter_(1, scores.topk(n * scores.shape[1] // m, dim=1).indices, 1.0)
+        by_size = torch.zeros_like(groups).scatter_(2, groups.abs().topk(n, dim=2).indices, 1.0).reshape(scores.shape)
         if torch.equal(got, lowest):
             why = "keep the highest scores of each group, not the lowest"
+        elif torch.equal(got, by_size):
+            why = "keep the highest scores themselves, not the largest |score|: a score is already an importance, " \
+                  "and a negative one ranks below every positive one"
         elif torch.equal(got, row_top):
             why = f"that keeps the highest {n * scores.shape[1] // m} of the row; keep {n} in *every* group of {m}"
         elif scores.shape[0] % m == 0 and torch.equal(got, _nm_ref(scores.T.contiguous(), n, m).T):
@@ -118,19 +123,33 @@ def check_remove_head(remove_head):
             zeroed.out_proj.weight[:, h * d:(h + 1) * d] = 0
         want = zeroed(x)
         where = f"remove_head on {heads} heads of {d} (dim {x.shape[-1]}), head {h}"
-        got = _call("remove_head", remove_head, attn, h)
+        try:
+            got = _call("remove_head", remove_head, attn, h)
+        except CheckFailed as failed:
+            hint = ""
+            if "IndexError" in str(failed) or "out of bounds" in str(failed):
+                hint = (f"; the rows to keep index the original layers ({heads * d} rows each): build each new layer "
+                        f"from its own old one, and read attn.num_heads (it follows q_proj's weight) before "
+                        f"replacing q_proj")
+            raise CheckFailed(f"{where}: {failed}{hint}") from None
         _expect(got is attn, f"{where}: change attn in place and return it (the same object)")
         sizes = {name: getattr(attn, name).weight.shape for name in ("q_proj", "k_proj", "v_proj", "out_proj")}
         for name in ("q_proj", "k_proj", "v_proj"):
             _expect(sizes[name] == ((heads - 1) * d, x.shape[-1]), f"{where}: {name}.weight should be "
-                    f"{[(heads - 1) * d, x.shape[-1]]} (its {d} rows of head {h} gone), got {list(sizes[name])}")
+                    f"{[(heads - 1) * d, x.shape[-1]]} (its {d} rows of head {h} gone), got {list(sizes[name])}"
+                    + (": attn.num_heads follows q_proj's weight, so it changed when q_proj was replaced; compute the "
+                       "rows to keep once, before replacing any layer" if sizes[name][0] == (heads - 2) * d else ""))
         _expect(sizes["out_proj"] == (x.shape[-1], (heads - 1) * d), f"{where}: out_proj.weight should be "
                 f"{[x.shape[-1], (heads - 1) * d]} (its {d} *columns* of head {h} gone; the output width stays), "
                 f"got {list(sizes['out_proj'])}")
-        for name in ("q_proj", "k_proj", "v_proj"):
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
             layer = getattr(attn, name)
-            _expect(layer.bias is None or layer.bias.shape == ((heads - 1) * d,),
-                    f"{where}: {name}.bias must lose the head's entries too")
+            _expect(layer.bias is not None, f"{where}: the new {name} has no bias, but the old one had one: build it "
+                    f"with a bias and copy the kept entries" + (" (all of them: out_proj's bias is per output, and "
+                                                                "the output width stays)" if name == "out_proj" else ""))
+            if name != "out_proj":
+                _expect(layer.bias.shape == ((heads - 1) * d,), f"{where}: {name}.bias must lose the head's entries "
+                        f"too: shape {[(heads - 1) * d]}, got {list(layer.bias.shape)}")
         _expect(attn.num_heads == heads - 1, f"{where}: num_heads should be {heads - 1}, got {attn.num_heads}")
         out = _call("the attention after remove_head", attn, x)
         _expect(out.shape == want.shape, f"{where}: the output must keep its shape {tuple(want.shape)}, got "
