@@ -1,18 +1,16 @@
 """Student edition and RESULTS.md: generated from the executed notebooks, never by hand (the site: test_course_site.py)."""
 
 import ast
-import importlib.util
 from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import load_tool
 
 from deeplsp_helpers import checks
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("editions", ROOT / "tools" / "editions.py")
-editions = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(editions)
+editions = load_tool("editions")
 
 NOTEBOOKS = editions.chapter_notebooks(ROOT)
 

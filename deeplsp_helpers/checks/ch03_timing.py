@@ -131,14 +131,9 @@ def check_keep_zero(keep_zero):
 
 
 def _reference_accuracy(model, sparsity, X, y):
-    import copy
+    from ..pruners import global_threshold_sparsities
 
-    from ..pruners import FineGrainedPruner, global_threshold_sparsities
-
-    probe = copy.deepcopy(model).eval()
-    FineGrainedPruner(probe, global_threshold_sparsities(probe, sparsity)).apply(probe)
-    with torch.no_grad():
-        return 100.0 * (probe(X).argmax(1) == y).double().mean().item()
+    return _accuracy(_pruned_copy(model, global_threshold_sparsities(model, sparsity)), X, y)
 
 
 def _one_shot_limit(accuracies, dense, drop):
