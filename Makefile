@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	@touch $@
 
-## setup: virtual environment, dependencies and FashionMNIST
+## setup: virtual environment, dependencies, FashionMNIST and the text corpus (chapter 09)
 setup: $(STAMP)
 	@$(PY) -m deeplsp_helpers.data setup
+	@$(PY) -m deeplsp_helpers.text_data setup
 
 ## course: execute every notebook headless, top to bottom, in place, printing each one's wall time;
 ## then write RESULTS.md and the README's results table from the notebooks' own outputs

@@ -39,7 +39,7 @@ from torch import nn
 from . import seed_everything
 from ._validate import check_bool, check_ints
 from .files import atomic_write, atomic_write_or_rescue, check_free_space, regular_file
-from .models import MODEL_NAMES, build_model
+from .models import LANGUAGE_MODEL_NAMES, MODEL_NAMES, build_model
 from .recipe import DeepLSPRecipe
 
 __all__ = ["RECIPES", "PRUNED_RECIPES", "ZOO_NAMES", "CheckpointError", "load_pretrained", "train_reference",
@@ -56,6 +56,9 @@ RECIPES = {
     "mobilenet": dict(num_epochs=5, lr=0.1, optimizer="sgd", weight_decay=1e-4, batch_size=128, schedule="onecycle"),
     # a transformer: AdamW (decoupled weight decay); time and accuracy are in the manifest, as for every model
     "vit": dict(num_epochs=12, lr=1e-3, optimizer="adamw", weight_decay=0.05, batch_size=128, schedule="onecycle"),
+    # the byte-level language model of chapter 09 (models.TinyGPT), on the King James Bible (text_data): AdamW
+    # steps of 32 windows x 256 bytes, warm-up then cosine decay (lm.train_lm); the best step on validation is kept
+    "gpt": dict(steps=800, lr=2e-3, batch_size=32, warmup=50, weight_decay=0.1, eval_every=100),
 }
 SEED = 0
 
@@ -200,6 +203,8 @@ def _checkpoint_bytes(name: str) -> int:
 def _check_replace(directory: Path, name: str, num_epochs: int | None, force: bool) -> None:
     """Refuse, before any work, to overwrite a verified checkpoint with a shorter-trained one unless ``force``."""
     old = _verified(directory, name)
+    if name in LANGUAGE_MODEL_NAMES and num_epochs is not None:
+        raise ValueError(f"{name} trains for a number of steps (its recipe: {RECIPES[name]['steps']}), not epochs")
     recipe_epochs = RECIPES.get(name, {}).get("num_epochs")
     if old is not None and not force and num_epochs is not None and num_epochs < recipe_epochs:
         raise CheckpointError(f"{directory / old['file']} holds a verified checkpoint (val {old.get('val_acc', '?')} %); "
@@ -208,17 +213,22 @@ def _check_replace(directory: Path, name: str, num_epochs: int | None, force: bo
                               "directory=... (CLI: --dir FOLDER) to train elsewhere")
 
 
-def _save_checkpoint(directory: Path, name: str, state, val_acc: float, force: bool, save) -> Path:
+def _save_checkpoint(directory: Path, name: str, state, value: float, force: bool, save, metric: str = "val_acc") -> Path:
     """Save ``state`` as ``name``'s checkpoint with ``save(path)``, unless that would replace a verified checkpoint
-    with a less accurate one (without ``force``): then the new one goes beside it as ``<name>.rejected.pt`` and a
-    ``CheckpointError`` says so. A failed write (full disk) puts the weights elsewhere and says where."""
+    with a worse one on validation (``metric``: ``val_acc``, higher is better, or ``val_ppl``, lower is better),
+    without ``force``: then the new one goes beside it as ``<name>.rejected.pt`` and a ``CheckpointError`` says so.
+    A failed write (full disk) puts the weights elsewhere and says where."""
     path = directory / f"{name}.pt"
     old = _verified(directory, name)
-    if old is not None and not force and val_acc < float(old.get("val_acc", -1)):
-        keep = directory / f"{name}.rejected.pt"
-        save(keep)
-        raise CheckpointError(f"kept {path} (val {old['val_acc']} %): the new {name} reaches only val {val_acc:.2f} %; "
-                              f"it was saved as {keep} (pass force=True, CLI --force, to replace the checkpoint)")
+    if old is not None and not force and isinstance(old.get(metric), (int, float)):
+        # "not better or equal" rather than "worse": a NaN (a diverged run) compares false with everything
+        worse = not (value <= old[metric] if metric == "val_ppl" else value >= old[metric])
+        if worse:
+            keep = directory / f"{name}.rejected.pt"
+            save(keep)
+            raise CheckpointError(f"kept {path} ({metric} {old[metric]}): the new {name} reaches only {metric} "
+                                  f"{value:.2f}; it was saved as {keep} (pass force=True, CLI --force, to replace the "
+                                  "checkpoint)")
     return save(path)
 
 
@@ -252,6 +262,8 @@ def train_reference(name: str, *, directory: str | os.PathLike | None = None, nu
             raise ValueError(f"{name} is made by a pruning recipe; its fine-tuning epochs are part of the recipe")
         return _make_pruned(name, directory, progress, force)
     _check_replace(directory, name, num_epochs, force)
+    if name in LANGUAGE_MODEL_NAMES:
+        return _train_language_model(name, directory, progress, force)
     recipe = dict(RECIPES[name])
     if num_epochs is not None:
         recipe["num_epochs"] = num_epochs
@@ -274,6 +286,32 @@ def train_reference(name: str, *, directory: str | os.PathLike | None = None, nu
         "best_epoch": history["best_epoch"], "val_acc_per_epoch": [round(a, 2) for a in history["val_acc"]],
         "train_seconds": round(history["seconds"], 1), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "machine": platform.machine(),
+        "trained_on": time.strftime("%Y-%m-%d"),
+    }
+    _record(directory, name, entry)
+    return entry
+
+
+def _train_language_model(name: str, directory: Path, progress: bool | None, force: bool) -> dict:
+    """Train the language model ``name`` on the text corpus's train split by its recipe (:func:`lm.train_lm`), keep
+    the best step on validation, record validation and test perplexity (per byte, whole splits)."""
+    from . import lm, text_data
+
+    splits = text_data.load_text()
+    seed_everything(SEED)
+    model = build_model(name)
+    history = lm.train_lm(model, splits.train, splits.val, seed=SEED, progress=bool(progress), **RECIPES[name])
+    val_ppl = lm.perplexity(model, splits.val)
+    test_ppl = lm.perplexity(model, splits.test)  # recorded, never used to choose
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    path = _save_checkpoint(directory, name, state, val_ppl, force, lambda p: atomic_write_or_rescue(
+        p, lambda f: torch.save(state, f), what=f"the trained {name} weights", payload=state), metric="val_ppl")
+    entry = {
+        "file": path.name, "sha256": _sha256(path), "val_ppl": round(val_ppl, 4), "test_ppl": round(test_ppl, 4),
+        "params": sum(p.numel() for p in model.parameters()), "seed": SEED, "recipe": dict(RECIPES[name]),
+        "best_step": history["best_step"], "val_ppl_per_eval": [round(p, 4) for p in history["val_ppl"]],
+        "eval_steps": history["steps"], "train_seconds": round(history["seconds"], 1),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
         "trained_on": time.strftime("%Y-%m-%d"),
     }
     _record(directory, name, entry)
@@ -416,6 +454,9 @@ def _describe(name: str, e) -> str:
     """One line of ``list`` for a manifest entry; a malformed entry says what is wrong instead of a KeyError."""
     try:
         r = e["recipe"]
+        if "val_ppl" in e:
+            return (f"{name:14s} val perplexity {e['val_ppl']:.3f}  test {e['test_ppl']:.3f}  params {e['params']:,}  "
+                    f"steps {r['steps']}  seed {e['seed']}")
         how = (f"epochs {r['num_epochs']}" if "num_epochs" in r
                else f"pruned from {r['base']} by chapter {r['chapter']}'s recipe")
         return (f"{name:14s} val {e['val_acc']:6.2f} %  test {e['test_acc']:6.2f} %  params {e['params']:,}  "
@@ -443,21 +484,27 @@ def main(argv: list[str] | None = None) -> int:
         directory = Path(args.dir or CHECKPOINT_DIR)
         names = ZOO_NAMES if args.name == "all" else [args.name]
         try:
+            if args.epochs is not None and args.name in LANGUAGE_MODEL_NAMES:
+                raise ValueError(f"{args.name} trains for a number of steps (its recipe: {RECIPES[args.name]['steps']}), "
+                                 "not epochs: drop --epochs")
             _check_writable(directory, max(_checkpoint_bytes(n) for n in names))
             for name in names:
                 if name not in PRUNED_RECIPES:
-                    _check_replace(directory, name, args.epochs, args.force)
-        except (OSError, CheckpointError) as err:
+                    _check_replace(directory, name, None if name in LANGUAGE_MODEL_NAMES else args.epochs, args.force)
+        except (OSError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         for name in names:  # dense ones first: the pruned start from them
             try:
-                entry = train_reference(name, num_epochs=None if name in PRUNED_RECIPES else args.epochs,
+                entry = train_reference(name, num_epochs=None if name in PRUNED_RECIPES or name in LANGUAGE_MODEL_NAMES
+                                        else args.epochs,
                                         directory=directory, force=args.force)
             except (OSError, CheckpointError) as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 1
-            print(f"{name}: val {entry['val_acc']:.2f} %  test {entry['test_acc']:.2f} %  "
+            scores = (f"val perplexity {entry['val_ppl']:.3f}  test {entry['test_ppl']:.3f}" if "val_ppl" in entry
+                      else f"val {entry['val_acc']:.2f} %  test {entry['test_acc']:.2f} %")
+            print(f"{name}: {scores}  "
                   f"({entry['train_seconds']:.0f} s" + (f", best epoch {entry['best_epoch']})" if "best_epoch" in entry
                                                        else ")"), flush=True)
         return 0

@@ -9,7 +9,7 @@ from torch.nn.utils import prune
 
 from deeplsp_helpers import checks
 
-CHAPTER_FILES = [f"test_checks_ch{c:02d}" for c in range(9)]
+CHAPTER_FILES = [f"test_checks_ch{c:02d}" for c in range(10)]
 
 
 def args_of(answer):

@@ -4,8 +4,8 @@ import torch
 from deeplsp_helpers import models
 
 
-@pytest.mark.parametrize("name", models.MODEL_NAMES)
-def test_every_model_maps_a_batch_to_ten_logits(name):
+@pytest.mark.parametrize("name", models.IMAGE_MODEL_NAMES)
+def test_every_image_model_maps_a_batch_to_ten_logits(name):
     model = models.build_model(name).eval()
     with torch.no_grad():
         out = model(torch.randn(3, 1, 28, 28))
@@ -29,10 +29,31 @@ def test_lenet_has_the_classic_layout():
     assert sum(p.numel() for p in m.parameters()) == 44426
 
 
-def test_model_names_are_the_cnns_and_the_transformers():
-    assert models.MODEL_NAMES == models.CNN_NAMES + models.TRANSFORMER_NAMES == ("lenet", "vgg", "resnet", "mobilenet",
-                                                                                 "vit")
-    assert isinstance(models.build_model("ViT"), models.ViT)
+def test_model_names_are_the_cnns_the_transformers_and_the_language_model():
+    assert models.MODEL_NAMES == models.CNN_NAMES + models.TRANSFORMER_NAMES + models.LANGUAGE_MODEL_NAMES == (
+        "lenet", "vgg", "resnet", "mobilenet", "vit", "gpt")
+    assert models.IMAGE_MODEL_NAMES == models.CNN_NAMES + models.TRANSFORMER_NAMES
+    assert isinstance(models.build_model("ViT"), models.ViT) and isinstance(models.build_model("gpt"), models.TinyGPT)
+
+
+def test_the_language_model_maps_bytes_to_next_byte_logits_and_has_the_documented_layout():
+    import io
+
+    model = models.build_model("gpt").eval()
+    assert model.context == 256 and model.vocab_size == 256 and len(model.blocks) == 4
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    assert isinstance(attn, models.CausalSelfAttention) and isinstance(model.blocks[0], models.DecoderBlock)
+    assert (attn.num_heads, attn.head_dim, mlp.fc1.out_features) == (4, 32, 512)
+    params = sum(p.numel() for p in model.parameters())
+    assert params == 891_648
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    assert buf.tell() < 6 * 1024 * 1024  # the zoo's limit for the gpt checkpoint
+    x = torch.randint(0, 256, (2, 40))
+    with torch.no_grad():
+        assert model(x).shape == (2, 40, 256)
+    model(x).sum().backward()  # every parameter takes part
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters())
 
 
 def test_vit_has_the_documented_layout_and_a_small_checkpoint():

@@ -356,3 +356,50 @@ def test_head_and_neuron_importance_refuse_nan_scores_from_nan_activations():
         next(iter(tpr.mlp_modules(model).values())).fc1.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="fc1' holds NaN"):
         tpr.neuron_importance(model)
+
+
+# --- prune_one_shot: every block in order, calibrated on the already-pruned blocks ------------------------------
+
+def _tiny_gpt():
+    torch.manual_seed(0)
+    return models.TinyGPT(context=16, dim=16, depth=2, num_heads=2, mlp_hidden=32).eval()
+
+
+@pytest.mark.parametrize("method", tpr.ONE_SHOT_METHODS)
+@pytest.mark.parametrize("pattern", [0.5, (2, 4)])
+def test_prune_one_shot_prunes_a_copy_of_every_block_linear_and_nothing_else(method, pattern):
+    model = _tiny_gpt()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calib = [torch.randint(0, 256, (4, 16)) for _ in range(2)]
+    pruned = tpr.prune_one_shot(model, calib, method, pattern)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the original is untouched
+    for name, layer in tpr.block_linears(pruned).items():
+        w = layer.weight
+        assert (w == 0).float().mean().item() == 0.5, name
+        if pattern == (2, 4):
+            assert ((w.view(w.shape[0], -1, 4) != 0).sum(-1) <= 2).all(), name
+    untouched = [n for n in before if not any(n == f"{b}.weight" for b in tpr.block_linears(pruned))]
+    assert all(torch.equal(before[n], pruned.state_dict()[n]) for n in untouched)  # embeddings, norms, head, biases
+
+
+def test_prune_one_shot_magnitude_matches_the_row_mask_and_sparsegpt_updates_kept_weights():
+    model = _tiny_gpt()
+    calib = [torch.randint(0, 256, (4, 16))]
+    mag = tpr.prune_one_shot(model, calib, "magnitude", 0.5)
+    sgpt = tpr.prune_one_shot(model, calib, "sparsegpt", 0.5)
+    for name, layer in tpr.block_linears(model).items():
+        w = layer.weight.detach()
+        assert torch.equal(tpr.block_linears(mag)[name].weight, w * tpr.row_mask(w.abs(), 0.5))
+        kept = tpr.block_linears(sgpt)[name].weight != 0
+        assert not torch.equal(tpr.block_linears(sgpt)[name].weight[kept], w[kept])  # corrected, not just masked
+
+
+def test_prune_one_shot_rejects_bad_input():
+    model = _tiny_gpt()
+    calib = [torch.randint(0, 256, (2, 16))]
+    with pytest.raises(ValueError, match="magnitude, wanda, sparsegpt"):
+        tpr.prune_one_shot(model, calib, "obd", 0.5)
+    with pytest.raises(ValueError, match="empty"):
+        tpr.prune_one_shot(model, [], "wanda", 0.5)
+    with pytest.raises(TypeError, match="model.blocks"):
+        tpr.prune_one_shot(models.LeNet(), calib, "magnitude", 0.5)

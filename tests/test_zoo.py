@@ -9,14 +9,17 @@ from deeplsp_helpers import data, metrics, models, train, zoo
 # Accuracy each committed checkpoint must reach, on the validation split (the split checkpoints are selected on;
 # the test split is only recorded in the manifest and checked here for reproducibility, never as a target).
 TARGETS = {"lenet": 89.0, "vgg": 91.0, "resnet": 91.0, "mobilenet": 89.0, "vit": 88.0}
+# Per-byte perplexity the language model must stay below on the validation split of the text corpus (lower is better).
+PPL_TARGETS = {"gpt": 4.5}  # recorded: val 4.331, test 4.225 (800 steps, seed 0)
 
 
 def test_every_checkpoint_is_committed_small_and_verified():
     assert zoo.verify() == {name: "ok" for name in zoo.ZOO_NAMES}
     manifest = zoo.read_manifest()
     assert sorted(manifest) == sorted(zoo.ZOO_NAMES)
-    for name, entry in manifest.items():
-        assert (zoo.CHECKPOINT_DIR / entry["file"]).stat().st_size < 2 * 1024 * 1024
+    for name, entry in manifest.items():  # the language model: 891,648 float32 parameters, about 3.6 MB
+        limit = 6 if name in models.LANGUAGE_MODEL_NAMES else 2
+        assert (zoo.CHECKPOINT_DIR / entry["file"]).stat().st_size < limit * 1024 * 1024, name
         assert entry["seed"] == zoo.SEED and entry["recipe"] == {**zoo.RECIPES, **zoo.PRUNED_RECIPES}[name]
 
 
@@ -39,7 +42,7 @@ def test_a_pruned_recipe_refuses_an_epoch_override(tmp_path):
         zoo.train_reference("vgg_structured", directory=tmp_path, num_epochs=1)
 
 
-@pytest.mark.parametrize("name", models.MODEL_NAMES)
+@pytest.mark.parametrize("name", models.IMAGE_MODEL_NAMES)
 def test_checkpoint_reaches_its_target_and_its_manifest_accuracy(name, splits):
     model = zoo.load_pretrained(name)
     assert not model.training
@@ -48,6 +51,20 @@ def test_checkpoint_reaches_its_target_and_its_manifest_accuracy(name, splits):
     assert val_acc == pytest.approx(entry["val_acc"], abs=0.011) and val_acc >= TARGETS[name]
     test_acc = train.evaluate(model, data.BatchLoader(splits.test, 1000))
     assert test_acc == pytest.approx(entry["test_acc"], abs=0.011)  # the recorded number reproduces
+
+
+@pytest.mark.parametrize("name", models.LANGUAGE_MODEL_NAMES)
+def test_the_language_model_reproduces_its_manifest_perplexity_and_reaches_its_target(name):
+    from deeplsp_helpers import lm, text_data
+
+    model = zoo.load_pretrained(name)
+    entry = zoo.read_manifest()[name]
+    assert not model.training and isinstance(model, models.TinyGPT)
+    assert {"val_ppl", "test_ppl"} <= set(entry) and entry["params"] == sum(p.numel() for p in model.parameters())
+    assert entry["best_step"] in entry["eval_steps"] and entry["recipe"]["steps"] == entry["eval_steps"][-1]
+    val_ppl = lm.perplexity(model, text_data.load_text().val, batch_size=64)  # the whole split, as recorded
+    assert val_ppl == pytest.approx(entry["val_ppl"], rel=1e-3) and val_ppl < PPL_TARGETS[name]
+    assert entry["test_ppl"] < PPL_TARGETS[name] * 1.1  # recorded, never selected on: close to validation
 
 
 @pytest.fixture
@@ -338,3 +355,121 @@ def test_retrain_given_as_a_string_is_refused_not_taken_as_true(tmp_path, monkey
     with pytest.raises(TypeError, match="retrain must be True or False, got 'no'"):
         zoo.load_pretrained("lenet", directory=tmp_path, retrain="no")  # used to start training
     assert calls == [] and list(tmp_path.iterdir()) == []
+
+
+# --- the language model (chapter 09) in the zoo ------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_gpt_recipe(monkeypatch):
+    """RECIPES["gpt"] of a few steps, a tiny TinyGPT and a small repeated text in place of the corpus (on one
+    thread: fastest for a tiny model, and not slowed down by other work on the cores)."""
+    from deeplsp_helpers import text_data
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    tiny = dict(steps=6, lr=1e-2, batch_size=4, warmup=1, weight_decay=0.1, eval_every=3)
+    monkeypatch.setitem(zoo.RECIPES, "gpt", tiny)
+    real_build = models.build_model
+
+    def build(name):
+        return models.TinyGPT(context=32, dim=16, depth=2, num_heads=2, mlp_hidden=32) if name == "gpt" \
+            else real_build(name)
+
+    monkeypatch.setattr(zoo, "build_model", build)
+    text = text_data.encode("In the beginning God created the heaven and the earth. " * 30)
+    splits = text_data.TextSplits(text[:1200].clone(), text[1200:1400].clone(), text[1400:1600].clone())
+    monkeypatch.setattr(text_data, "load_text", lambda: splits)
+    yield tiny, splits
+    torch.set_num_threads(threads)
+
+
+def test_the_language_model_trains_by_steps_and_records_its_perplexity(tmp_path, monkeypatch, capsys, tiny_gpt_recipe):
+    from deeplsp_helpers import lm
+
+    tiny, splits = tiny_gpt_recipe
+    entry = zoo.train_reference("gpt", directory=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt.pt", "manifest.json"]
+    assert entry["recipe"] == tiny and entry["eval_steps"] == [3, 6] and entry["best_step"] in (3, 6)
+    assert entry["sha256"] == zoo._sha256(tmp_path / "gpt.pt") and zoo.verify(tmp_path)["gpt"] == "ok"
+    model = zoo.load_pretrained("gpt", directory=tmp_path)
+    assert isinstance(model, models.TinyGPT) and entry["params"] == sum(p.numel() for p in model.parameters())
+    assert lm.perplexity(model, splits.val) == pytest.approx(entry["val_ppl"], rel=1e-3) and entry["val_ppl"] < 256
+    assert lm.perplexity(model, splits.test) == pytest.approx(entry["test_ppl"], rel=1e-3)
+    assert min(entry["val_ppl_per_eval"]) == pytest.approx(entry["val_ppl_per_eval"][entry["eval_steps"].index(
+        entry["best_step"])])
+    monkeypatch.setattr(zoo, "CHECKPOINT_DIR", tmp_path)
+    assert zoo.main(["list"]) == 0
+    assert f"val perplexity {entry['val_ppl']:.3f}" in capsys.readouterr().out
+
+
+def test_a_worse_language_model_is_kept_beside_the_checkpoint_not_over_it(tmp_path, monkeypatch, tiny_gpt_recipe):
+    from deeplsp_helpers import lm
+
+    old = zoo.train_reference("gpt", directory=tmp_path)
+    before = (tmp_path / "gpt.pt").read_bytes(), (tmp_path / "manifest.json").read_text()
+    monkeypatch.setattr(lm, "train_lm", lambda model, *a, **k: {"steps": [], "val_ppl": [], "best_step": 0,
+                                                                 "seconds": 0.0})  # untrained: about 256
+    with pytest.raises(zoo.CheckpointError, match=r"kept .*gpt\.pt \(val_ppl .*gpt\.rejected\.pt"):
+        zoo.train_reference("gpt", directory=tmp_path)
+    assert ((tmp_path / "gpt.pt").read_bytes(), (tmp_path / "manifest.json").read_text()) == before
+    assert set(torch.load(tmp_path / "gpt.rejected.pt", weights_only=True)) == set(zoo.build_model("gpt").state_dict())
+    entry = zoo.train_reference("gpt", directory=tmp_path, force=True)
+    assert entry["val_ppl"] > old["val_ppl"] and zoo.read_manifest(tmp_path)["gpt"]["sha256"] == entry["sha256"]
+
+
+def _verified_checkpoint(directory, name, **scores):
+    directory.mkdir(exist_ok=True)
+    torch.save({"w": torch.zeros(2)}, directory / f"{name}.pt")
+    entry = {"file": f"{name}.pt", "sha256": zoo._sha256(directory / f"{name}.pt"), **scores}
+    (directory / "manifest.json").write_text(json.dumps({name: entry}))
+    return (directory / f"{name}.pt").read_bytes()
+
+
+@pytest.mark.parametrize("value", [3.5, float("nan"), float("inf")])
+def test_save_checkpoint_keeps_a_lower_perplexity_and_sets_a_higher_one_aside(tmp_path, value):
+    ckpt = tmp_path / "ckpt"
+    old = _verified_checkpoint(ckpt, "gpt", val_ppl=3.0)
+    new = {"w": torch.ones(2)}
+
+    def save(path):
+        torch.save(new, path)
+        return path
+
+    with pytest.raises(zoo.CheckpointError, match=r"kept .*gpt\.pt \(val_ppl 3\.0\).*gpt\.rejected\.pt"):
+        zoo._save_checkpoint(ckpt, "gpt", new, value, False, save, metric="val_ppl")  # NaN: a diverged run
+    assert (ckpt / "gpt.pt").read_bytes() == old
+    assert torch.equal(torch.load(ckpt / "gpt.rejected.pt", weights_only=True)["w"], torch.ones(2))
+    assert zoo._save_checkpoint(ckpt, "gpt", new, value, True, save, metric="val_ppl") == ckpt / "gpt.pt"  # force
+    assert (ckpt / "gpt.pt").read_bytes() != old
+
+
+@pytest.mark.parametrize("value", [2.5, 3.0])
+def test_save_checkpoint_replaces_a_checkpoint_by_a_lower_or_equal_perplexity(tmp_path, value):
+    ckpt = tmp_path / "ckpt"
+    old = _verified_checkpoint(ckpt, "gpt", val_ppl=3.0, val_acc=99.0)  # val_acc is not the metric here
+    saved = zoo._save_checkpoint(ckpt, "gpt", None, value, False,
+                                 lambda path: torch.save({"w": torch.ones(2)}, path) or path, metric="val_ppl")
+    assert saved == ckpt / "gpt.pt" and saved.read_bytes() != old and not (ckpt / "gpt.rejected.pt").exists()
+
+
+def test_save_checkpoint_sets_aside_a_less_accurate_or_nan_classifier(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    old = _verified_checkpoint(ckpt, "lenet", val_acc=90.0)
+    for value in (89.0, float("nan")):
+        with pytest.raises(zoo.CheckpointError, match="lenet.rejected.pt"):
+            zoo._save_checkpoint(ckpt, "lenet", None, value, False, lambda p: torch.save({}, p) or p)
+        assert (ckpt / "lenet.pt").read_bytes() == old
+
+
+def test_the_language_model_refuses_epochs(tmp_path, monkeypatch, capsys):
+    from deeplsp_helpers import text_data
+
+    loaded = []
+    monkeypatch.setattr(text_data, "load_text", lambda: loaded.append(1))
+    assert zoo.main(["train", "gpt", "--epochs", "1", "--dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "steps" in err and "--epochs" in err and err.count("\n") == 1
+    with pytest.raises(ValueError, match="gpt trains for a number of steps"):
+        zoo.train_reference("gpt", directory=tmp_path, num_epochs=1)
+    assert loaded == [] and list(tmp_path.iterdir()) == []

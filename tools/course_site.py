@@ -66,7 +66,8 @@ def landing_page(chapters: list[tuple[str, str, float | None, str]], machine: st
     that makes the sidebar and the previous/next links follow the reading order."""
     lines = ["# DeepLSP pruning course", "",
              "Neural-network pruning in PyTorch, taught by executed notebooks: every number on these pages was "
-             "measured by the code above it, on a real dataset (FashionMNIST), on a laptop CPU. Read the chapters "
+             "measured by the code above it, on real data (FashionMNIST images; the King James Bible as text in "
+             "chapter 09), on a laptop CPU. Read the chapters "
              "in order; each ends with a summary and exercises.", "",
              f"The pages show the committed run, executed on a 2-core {_escape_markdown(machine)}. "
              "Under each chapter: how long it takes to execute, and its headline result.", ""]

@@ -593,3 +593,71 @@ def teacher_remove_head(remove_head):
     assert torch.allclose(attn(x), silenced(x), atol=1e-6), "removing heads 2 then 0 must equal silencing them"
     assert want.shape == attn(x).shape
     print("teacher-only cases of remove_head: 1 passed")
+
+
+# ---- chapter 09 ---------------------------------------------------------------------------------------------
+
+
+def teacher_perplexity_from_logits(perplexity_from_logits):
+    import math
+
+    import torch
+
+    gen = torch.Generator().manual_seed(41)
+    targets = torch.randint(0, 2, (2, 5), generator=gen)      # two tokens; p(target) = 0.8 everywhere: perplexity 1.25
+    logits = torch.where(targets[..., None] == torch.arange(2), math.log(0.8), math.log(0.2))
+    got = perplexity_from_logits(logits, targets)
+    assert abs(float(got) - 1.25) < 1e-4, f"p(target) = 0.8 at every token: perplexity 1 / 0.8 = 1.25, got {got}"
+    logits = torch.randn(3, 6, 9, generator=gen) * 3
+    logits[1] *= 0.1                                           # one sequence far less sure than the others
+    targets = torch.randint(0, 9, (3, 6), generator=gen)
+    before = logits.clone()
+    want = math.exp(-logits.double().log_softmax(-1).gather(-1, targets[..., None]).mean().item())
+    got = perplexity_from_logits(logits, targets)
+    assert torch.equal(logits, before), "perplexity_from_logits must not change the logits"
+    assert math.isclose(float(got), want, rel_tol=1e-4), f"on logits [3, 6, 9]: should be {want:.6g}, got {got}"
+    print("teacher-only cases of perplexity_from_logits: 2 passed")
+
+
+def teacher_block_influence(block_influence):
+    import torch
+    from torch.nn import functional as F
+
+    gen = torch.Generator().manual_seed(42)
+    x_in = torch.randn(2, 3, 4, generator=gen)
+    x_out = torch.stack([x_in[0], -5 * x_in[1]])               # sequence 0 unchanged (cos 1), 1 reversed (cos -1)
+    got = block_influence(x_in, x_out)
+    assert abs(float(got) - 1.0) < 1e-4, f"half the tokens unchanged, half reversed: 1 − (1 − 1) / 2 = 1, got {got}"
+    x_in, x_out = torch.randn(3, 5, 7, generator=gen), torch.randn(3, 5, 7, generator=gen)
+    x_out[:, :2] = x_in[:, :2] * 0.5 + 0.1 * x_out[:, :2]      # the first two tokens barely turned
+    want = 1 - F.cosine_similarity(x_in.double(), x_out.double(), dim=-1).mean().item()
+    before = x_in.clone(), x_out.clone()
+    got = block_influence(x_in, x_out)
+    assert torch.equal(x_in, before[0]) and torch.equal(x_out, before[1]), "block_influence must not change its inputs"
+    assert abs(float(got) - want) < 1e-4, f"on x_in, x_out [3, 5, 7]: should be {want:.6g}, got {got}"
+    print("teacher-only cases of block_influence: 2 passed")
+
+
+def teacher_decode_step(decode_step):
+    import torch
+
+    gen = torch.Generator().manual_seed(43)
+    h, d, steps = 4, 2, 5                                      # more heads than features per head
+    q, k, v = (torch.randn(h, steps, d, generator=gen) * 2 for _ in range(3))
+    causal = torch.ones(steps, steps).tril().bool()
+    scores = (q @ k.transpose(-2, -1) / d ** 0.5).masked_fill(~causal, float("-inf"))
+    want = scores.softmax(-1) @ v                              # causal attention over the whole sequence
+    inputs = q.clone(), k.clone(), v.clone()
+    k_cache, v_cache = torch.zeros(h, 0, d), torch.zeros(h, 0, d)
+    for i in range(steps):
+        before = k_cache.clone(), v_cache.clone()
+        out, k2, v2 = decode_step(q[:, i:i + 1], k[:, i:i + 1], v[:, i:i + 1], k_cache, v_cache)
+        assert torch.equal(k_cache, before[0]) and torch.equal(v_cache, before[1]), "decode_step changed the caches"
+        assert k2.shape == v2.shape == (h, i + 1, d), f"step {i}: the caches should be [{h}, {i + 1}, {d}], got " \
+                                                      f"{list(k2.shape)} and {list(v2.shape)}"
+        assert torch.equal(k2, k[:, :i + 1]) and torch.equal(v2, v[:, :i + 1]), f"step {i}: wrong caches"
+        assert torch.allclose(out.float(), want[:, i:i + 1], atol=1e-5), f"step {i} of {steps}: out differs from " \
+                                                                         f"causal attention at position {i}"
+        k_cache, v_cache = k2, v2
+    assert all(torch.equal(a, b) for a, b in zip((q, k, v), inputs)), "decode_step must not change q, k_new, v_new"
+    print(f"teacher-only cases of decode_step: {steps} passed")

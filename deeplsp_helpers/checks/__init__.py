@@ -6,7 +6,7 @@ and compares it with what it must compute. A wrong answer raises :class:`CheckFa
 failed and what was expected; an exercise not written yet (``raise NotImplementedError``) says so. In
 Jupyter a failed check shows that one message, not a traceback. A passed check prints how many cases it ran.
 
-One module per chapter (``ch00_getting_started`` … ``ch08_transformers``) holds that chapter's checks; the shared
+One module per chapter (``ch00_getting_started`` … ``ch09_language_models``) holds that chapter's checks; the shared
 harness (calling the learner's function, comparing, reporting) is in ``_harness``. Call them from here:
 ``from deeplsp_helpers import checks; checks.check_obs_step(obs_step)``.
 """
@@ -29,6 +29,7 @@ from .ch05_structured import check_coupled_layers, check_keep_inputs, check_spee
 from .ch06_deeplsp import check_global_sparsity, check_is_dead, check_speedup
 from .ch07_deployment import check_masked_layers, check_ort_predict, check_pruning_gain_per_runtime
 from .ch08_transformers import check_nm_mask_rows, check_remove_head, check_wanda_mask
+from .ch09_language_models import check_block_influence, check_decode_step, check_perplexity_from_logits
 
 __all__ = [
     "CheckFailed",
@@ -43,4 +44,5 @@ __all__ = [
     "check_is_dead", "check_global_sparsity", "check_speedup",                       # 06
     "check_ort_predict", "check_pruning_gain_per_runtime", "check_masked_layers",    # 07
     "check_wanda_mask", "check_nm_mask_rows", "check_remove_head",                   # 08
+    "check_perplexity_from_logits", "check_block_influence", "check_decode_step",    # 09
 ]

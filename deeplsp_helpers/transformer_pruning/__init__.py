@@ -18,11 +18,13 @@ position embedding needs a fix-up.
 Every layer is an ``nn.Linear`` with weight ``[out_features, in_features]``: an output row ``i`` is one output
 feature, an input column ``j`` one input feature.
 
-The functions live in four modules, one concern each: :mod:`.sublayers` (finding the sublayers, calibration
-statistics), :mod:`.wanda` (scores and masks), :mod:`.sparsegpt` and :mod:`.structure` (heads and neurons);
+The functions live in five modules, one concern each: :mod:`.sublayers` (finding the sublayers, calibration
+statistics), :mod:`.wanda` (scores and masks), :mod:`.sparsegpt`, :mod:`.structure` (heads and neurons) and
+:mod:`.one_shot` (:func:`prune_one_shot`: every block pruned in order, each calibrated on the pruned blocks before it);
 ``from deeplsp_helpers import transformer_pruning`` gives all of them.
 """
 
+from .one_shot import ONE_SHOT_METHODS, prune_one_shot
 from .sparsegpt import reconstruction_error, sparsegpt_prune
 from .structure import head_importance, neuron_importance, remove_heads, remove_mlp_neurons
 from .sublayers import activation_norms, attention_modules, block_linears, input_hessian, mlp_modules
@@ -30,4 +32,4 @@ from .wanda import mask_from_scores, row_mask, wanda_scores
 
 __all__ = ["attention_modules", "mlp_modules", "block_linears", "activation_norms", "input_hessian", "wanda_scores",
            "row_mask", "mask_from_scores", "sparsegpt_prune", "reconstruction_error", "head_importance",
-           "neuron_importance", "remove_heads", "remove_mlp_neurons"]
+           "neuron_importance", "remove_heads", "remove_mlp_neurons", "ONE_SHOT_METHODS", "prune_one_shot"]
