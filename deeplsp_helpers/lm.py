@@ -284,10 +284,11 @@ def remove_blocks(model: nn.Module, indices: Sequence[int]) -> nn.Module:
 
 
 def width_importance(model: nn.Module, batches: Iterable) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Minitron's activation-based importance, on calibration text: for every block, each attention head's
-    importance is the L2 norm of its output (before ``out_proj``) at each position, aggregated by an L2 norm over
-    the positions of a sequence and averaged over the sequences; each MLP neuron's is the same aggregation of its
-    activation (after GELU).
+    """Minitron's activation-based importance, on calibration text, aggregated as the paper recommends (mean over
+    the positions of a sequence, then L2 norm over the sequences; NVIDIA Model Optimizer does the same): an MLP
+    neuron's importance is the L2 norm over sequences of the mean over positions of ``|activation|`` (after GELU,
+    the input of ``fc2``, where Model Optimizer measures it); an attention head's is the same aggregation of the
+    L2 norm of its output (its slice of ``out_proj``'s input) at each position.
     Returns ``({attn name: [heads]}, {mlp name: [neurons]})``, keyed like
     :func:`transformer_pruning.remove_heads` / ``remove_mlp_neurons`` expect (the block's ``attn`` / ``mlp``)."""
     _check_lm(model)
@@ -300,13 +301,13 @@ def width_importance(model: nn.Module, batches: Iterable) -> tuple[dict[str, tor
             x = inputs[0].detach()  # [N,T,h*d]: the heads' outputs side by side
             n, t, _ = x.shape
             per_head = x.view(n, t, attn.num_heads, attn.head_dim).norm(dim=-1)  # [N,T,h]
-            heads[name] = heads.get(name, 0) + per_head.norm(dim=1).sum(dim=0)  # L2 over positions, sum over N
+            heads[name] = heads.get(name, 0) + per_head.mean(dim=1).square().sum(dim=0)  # mean over T; squares over N
         return fn
 
     def on_act(name):
         def fn(module, inputs, output):
             a = output.detach()  # [N,T,hidden] after GELU
-            neurons[name] = neurons.get(name, 0) + a.norm(dim=1).sum(dim=0)
+            neurons[name] = neurons.get(name, 0) + a.abs().mean(dim=1).square().sum(dim=0)
         return fn
 
     for b, blk in enumerate(model.blocks):
@@ -324,4 +325,4 @@ def width_importance(model: nn.Module, batches: Iterable) -> tuple[dict[str, tor
             h.remove()
     if count == 0:
         raise ValueError("batches is empty: give at least one calibration batch")
-    return ({k: v / count for k, v in heads.items()}, {k: v / count for k, v in neurons.items()})
+    return ({k: v.sqrt() for k, v in heads.items()}, {k: v.sqrt() for k, v in neurons.items()})  # L2 over sequences

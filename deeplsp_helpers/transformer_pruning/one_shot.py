@@ -34,7 +34,13 @@ def prune_one_shot(model: nn.Module, batches: Iterable, method: str, pattern: fl
             block runs them again.
         method: ``"magnitude"`` (smallest ``|W_ij|`` per output row), ``"wanda"`` (smallest
             ``|W_ij| * ||X_j||`` per row) or ``"sparsegpt"`` (SparseGPT's mask and weight update).
-        pattern: a sparsity in [0, 1) per row, or ``(n, m)``: n kept of every m consecutive inputs of a row.
+        pattern: a sparsity in [0, 1): per output row for magnitude and Wanda; SparseGPT chooses across the
+            rows of each block of 128 columns, so its rows may differ while the layer is at that sparsity; or
+            ``(n, m)``: n *kept* of every m consecutive inputs of a row (the reference code of Wanda and SparseGPT
+            counts the n pruned; for 2:4 and 4:8 the two agree).
+
+    Magnitude here compares weights within each output row, as Wanda does; the Wanda repository's magnitude
+    baseline compares them across the whole layer (a weaker baseline).
     """
     if method not in ONE_SHOT_METHODS:
         raise ValueError(f"method must be one of {', '.join(ONE_SHOT_METHODS)}, got {method!r}")

@@ -130,8 +130,9 @@ def input_hessian(model: nn.Module, layers: Mapping[str, nn.Linear] | None,
 
     Accumulated in float64 over all tokens of all batches, returned as float32 ``[in_features, in_features]``. The
     SparseGPT paper scales it by ``2 / n_samples``; the solution does not depend on the scale (the dampening is
-    relative to the mean diagonal). Computed here for all layers in one pass through the dense model; the paper
-    prunes block by block and takes each block's inputs from the already pruned blocks before it.
+    relative to the mean diagonal). Computed for the given layers in one pass through ``model`` as it is; to prune
+    block by block as the paper does, call it per block on the partly pruned model (as
+    :func:`prune_one_shot` does), so that each block's inputs come from the already pruned blocks before it.
     """
     hs = _collect(model, layers, batches, lambda x: x.T @ x)  # [in, tokens] @ [tokens, in]
     return {n: h.float() for n, h in hs.items()}
