@@ -191,16 +191,22 @@ class SelfAttention(nn.Module):
                                f"{self.k_proj.out_features}/{self.v_proj.out_features}, out_proj columns "
                                f"{self.out_proj.in_features}; each must be num_heads x head_dim ({self.head_dim})")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of ``x`` [N,T,D], each [N,h,T,d]: head ``h`` is its block of rows."""
         self._check_shapes()
         n, t, _ = x.shape
         h, d = self.num_heads, self.head_dim
-        q = self.q_proj(x).view(n, t, h, d).transpose(1, 2)  # [N,T,D] -> [N,h,T,d]
-        k = self.k_proj(x).view(n, t, h, d).transpose(1, 2)
-        v = self.v_proj(x).view(n, t, h, d).transpose(1, 2)
-        attn = (q @ k.transpose(-2, -1)) * d ** -0.5  # [N,h,T,T]
-        out = attn.softmax(dim=-1) @ v  # [N,h,T,d]
-        return self.out_proj(out.transpose(1, 2).reshape(n, t, h * d))  # [N,T,h*d] -> [N,T,D]
+        return tuple(p(x).view(n, t, h, d).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+
+    def _merge_heads(self, out: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs [N,h,T,d] side by side, [N,T,h*d], through ``out_proj`` -> [N,T,D]."""
+        n, h, t, d = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(n, t, h * d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._split_heads(x)
+        attn = (q @ k.transpose(-2, -1)) * self.head_dim ** -0.5  # [N,h,T,T]
+        return self._merge_heads(attn.softmax(dim=-1) @ v)  # [N,h,T,d] -> [N,T,D]
 
 
 class MLP(nn.Module):
@@ -281,12 +287,8 @@ class CausalSelfAttention(SelfAttention):
     """
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        self._check_shapes()
-        n, t, _ = x.shape
-        h, d = self.num_heads, self.head_dim
-        q = self.q_proj(x).view(n, t, h, d).transpose(1, 2)  # [N,T,D] -> [N,h,T,d]
-        k = self.k_proj(x).view(n, t, h, d).transpose(1, 2)
-        v = self.v_proj(x).view(n, t, h, d).transpose(1, 2)
+        q, k, v = self._split_heads(x)  # [N,h,T,d] each
+        h, t, d = q.shape[1:]
         past = 0
         if cache is not None:
             if "k" in cache:
@@ -303,7 +305,7 @@ class CausalSelfAttention(SelfAttention):
         else:  # new token i (position past+i) sees keys 0..past+i
             allowed = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        return self.out_proj(out.transpose(1, 2).reshape(n, t, h * d))
+        return self._merge_heads(out)
 
 
 class DecoderBlock(TransformerBlock):

@@ -155,7 +155,8 @@ def load_pretrained(name: str, *, retrain: bool = False, directory: str | os.Pat
     """A trained reference model in eval mode.
 
     Args:
-        name: one of ``lenet``, ``vgg``, ``resnet``, ``mobilenet``, ``vit``, or a pruned model:
+        name: one of ``lenet``, ``vgg``, ``resnet``, ``mobilenet``, ``vit``, ``gpt`` (chapter 09's byte-level
+            language model, ``models.TinyGPT``), or a pruned model:
             ``vgg_structured``, ``vgg_deeplsp``, ``resnet_deeplsp`` (see ``PRUNED_RECIPES``).
         retrain: if the checkpoint is missing or fails its checksum, retrain it (minutes on a CPU)
             instead of raising.
