@@ -34,7 +34,8 @@ from .masks import pruned_tensors
 from .structured import LatencyAwareImportance, structured_channel_pruning
 
 __all__ = ["compute_sensitivity", "prune_sensitivity_adaptive", "prune_latency_aware", "apply_unstructured_pruning",
-           "sparsity_for_nonzero_factor", "remove_pruning_masks", "deployable_copy", "report_row", "apply_combined_pruning", "format_report"]
+           "sparsity_for_nonzero_factor", "remove_pruning_masks", "deployable_copy", "report_row", "apply_combined_pruning",
+           "format_report"]
 
 
 def compute_sensitivity(model: nn.Module, batches: Iterable | None = None, *, dummy: bool = False,

@@ -1,9 +1,9 @@
 """Sliders where moving one beats re-running a cell, with a static figure wherever widgets cannot run.
 
 ``explore(draw, sparsity=[0.5, 0.75, 0.9], kind=["fine", "2:4"])`` first calls ``draw`` with the first
-value of every control (or the value given in ``start``) and shows that figure (this is what nbval, the HTML course and a plain console
-see), then, if ``ipywidgets`` is installed, shows one slider or dropdown per control that redraws ``draw``
-live in JupyterLab or Jupyter Notebook.
+value of every control (or the value given in ``start``) and shows that figure (this is what nbval, the HTML
+course and a plain console see), then, if ``ipywidgets`` is installed, shows one slider or dropdown per
+control that redraws ``draw`` live in JupyterLab or Jupyter Notebook.
 """
 
 from __future__ import annotations

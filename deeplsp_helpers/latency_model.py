@@ -6,8 +6,8 @@ thread count, one batch size, cells interleaved round by round and the median ke
 does not cover (BatchNorm, activations, pooling, additions, Python overhead) is modelled as a function
 of the activation volume of the convolutions (relative to the dense model), interpolated between four
 whole models measured interleaved: the dense one and copies with 1/2, 3/4 and 7/8 of every layer's
-channels removed (per-call overheads do not shrink with the width, so the curve is not a straight line). :meth:`LatencyTable.predict` then predicts any pruned variant's latency
-from its layer widths, without running it.
+channels removed (per-call overheads do not shrink with the width, so the curve is not a straight line).
+:meth:`LatencyTable.predict` then predicts any pruned variant's latency from its layer widths, without running it.
 
 This is the per-layer "lookup table" latency model of NetAdapt (Yang et al., arXiv:1804.03230) and
 HALP (Shen et al., "Structural Pruning via Latency-Saliency Knapsack", arXiv:2210.06659).

@@ -91,15 +91,17 @@ class DeepLSPRecipe:
         :func:`~deeplsp_helpers.deeplsp.apply_combined_pruning`: ``finetune_epochs // 2`` epochs after the structured
         stage (seed 0), the rest after the unstructured one (seed 1), over ``finetune_data`` (default: the first
         ``finetune_samples`` of a shuffled training split, :func:`deeplsp_helpers.data.subset`, with ``dense``'s
-        outputs if ``distill``). ``after_stage(model, stage)`` is called after each (e.g. to keep a copy of the structured stage; during the
-        unstructured call the prune masks are still attached). With ``val_loader`` and a dict ``history``, the
-        validation accuracy after every fine-tuning epoch is stored as ``history[stage]`` (a list, one per epoch)."""
+        outputs if ``distill``). ``after_stage(model, stage)`` is called after each (e.g. to keep a copy of the
+        structured stage; during the unstructured call the prune masks are still attached). With ``val_loader`` and a
+        dict ``history``, the validation accuracy after every fine-tuning epoch is stored as ``history[stage]`` (a
+        list, one per epoch)."""
         from . import data, seed_everything, train
 
         if progress is not None:
             check_bool(progress, "progress")
         if history is not None and not isinstance(history, dict):
-            raise TypeError(f"history must be a dict (filled with each stage's validation per epoch), got {type(history).__name__}")
+            raise TypeError("history must be a dict (filled with each stage's validation per epoch), got "
+                            f"{type(history).__name__}")
         if history is not None and val_loader is None:
             raise ValueError("history needs val_loader: the validation accuracy per epoch is measured on it")
         if finetune_data is None and self.finetune_epochs:

@@ -207,4 +207,5 @@ WRONG_TOLD = {  # (wrong answer, what the message must say)
 
 WRONG = {name: [answer for answer, _ in told] for name, told in WRONG_TOLD.items()}
 
-globals().update(chapter_tests(ch03_timing, RIGHT, WRONG, WRONG_TOLD, RIGHT_ALSO, designs={"sparsity_plan"}))  # test_… functions for pytest
+# test_… functions for pytest
+globals().update(chapter_tests(ch03_timing, RIGHT, WRONG, WRONG_TOLD, RIGHT_ALSO, designs={"sparsity_plan"}))

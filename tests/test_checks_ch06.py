@@ -1,4 +1,5 @@
-"""Chapter 06 (combined pruning (DeepLSP)): its exercise checks accept right answers and reject known-wrong ones, with a message."""
+"""Chapter 06 (combined pruning (DeepLSP)): its exercise checks accept right answers and reject known-wrong ones,
+with a message."""
 
 import pytest
 import torch

@@ -78,7 +78,8 @@ def test_a_solution_cell_gets_markers_around_bodies_and_answers():
               '                  key=len)\n')
     marked = nbgrader_course.solution_source(source)
     assert marked.count("### BEGIN SOLUTION") == 3 == marked.count("### END SOLUTION")
-    assert '        """Doc."""\n        ### BEGIN SOLUTION\n        b = a + 1\n        return b\n        ### END SOLUTION' in marked
+    assert ('        """Doc."""\n        ### BEGIN SOLUTION\n        b = a + 1\n        return b\n'
+            '        ### END SOLUTION') in marked
     assert '    KIND = "x"' in marked and "import torch" in marked
     assert "### BEGIN SOLUTION\nanswer_best = max(" in marked and "key=len)\n### END SOLUTION" in marked
     assert nbgrader_course.strip_markers(marked) == source.rstrip("\n")

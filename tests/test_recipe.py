@@ -68,7 +68,8 @@ def test_run_is_the_pipeline_chapter_06_builds_step_by_step(splits):
     table = LatencyTable.measure(dense, x1, repeats=3)
     stages = []
     history, val = {}, data.BatchLoader(data.subset(splits.val, 256), 128)
-    got, rows = r.run(dense, splits, table=table, after_stage=lambda m, s: stages.append((s, copy.deepcopy(m) if s == "structured" else None)),
+    got, rows = r.run(dense, splits, table=table,
+                      after_stage=lambda m, s: stages.append((s, copy.deepcopy(m) if s == "structured" else None)),
                       val_loader=val, history=history)
     assert rows == [] and [s for s, _ in stages] == ["structured", "unstructured"]
     # validation after each epoch (the zoo's budget curve) is recorded, and measuring it changes no weight (below)

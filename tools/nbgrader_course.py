@@ -45,7 +45,8 @@ c = get_config()  # noqa: F821
 c.CourseDirectory.course_id = "deeplsp-pruning"
 c.CourseDirectory.root = "."
 c.Execute.timeout = {EXECUTE_TIMEOUT}
-c.ClearSolutions.code_stub = {{"python": "# YOUR CODE HERE\\nraise NotImplementedError(\\"Exercise: write this, then run the check cell below\\")"}}
+c.ClearSolutions.code_stub = {{"python": ("# YOUR CODE HERE\\nraise NotImplementedError("
+                                          "\\"Exercise: write this, then run the check cell below\\")")}}
 '''
 
 

@@ -41,7 +41,8 @@ def teacher_per_image_ms(per_image_ms):
     assert isinstance(got, dict) and set(got) == {8, 2}, f"per_image_ms(model, (8, 2)) should map 8 and 2 to ms, got {got!r}"
     for bs in (8, 2):
         want = 4.0 / bs
-        assert abs(float(got[bs]) - want) < 0.4 * want, f"a 4 ms forward pass at batch size {bs} is {want:.2f} ms per image, got {got[bs]}"
+        assert abs(float(got[bs]) - want) < 0.4 * want, \
+            f"a 4 ms forward pass at batch size {bs} is {want:.2f} ms per image, got {got[bs]}"
     print("teacher-only cases of per_image_ms: 2 passed")
 
 
@@ -114,7 +115,8 @@ def teacher_row_nm_ok(row_nm_ok):
     cases = [(ok, 2, 4), (tail, 2, 4), (tail, 1, 4), (ok.bool(), 3, 5), (ok[:, :3], 1, 4), (ok.T.contiguous(), 2, 3)]
     for mask, n, m in cases:
         got, want = row_nm_ok(mask, n, m), truth(mask, n, m)
-        assert type(got) is bool and got == want, f"row_nm_ok on a {tuple(mask.shape)} mask, {n}:{m}: should be {want}, got {got!r}"
+        assert type(got) is bool and got == want, \
+            f"row_nm_ok on a {tuple(mask.shape)} mask, {n}:{m}: should be {want}, got {got!r}"
     print(f"teacher-only cases of row_nm_ok: {len(cases)} passed")
 
 
@@ -147,11 +149,13 @@ def teacher_fine_grained_mask(fine_grained_mask):
         before = tensor.clone()
         mask = fine_grained_mask(tensor, sparsity)
         assert torch.equal(tensor, before), "fine_grained_mask must leave w unchanged"
-        assert isinstance(mask, torch.Tensor) and mask.shape == tensor.shape, f"the mask must have w's shape {tuple(tensor.shape)}"
+        assert isinstance(mask, torch.Tensor) and mask.shape == tensor.shape, \
+            f"the mask must have w's shape {tuple(tensor.shape)}"
         assert mask.dtype == torch.bool or bool(((mask == 0) | (mask == 1)).all()), "the mask must hold only 0 and 1"
         pruned = mask == 0
         want = round(sparsity * tensor.numel())
-        assert int(pruned.sum()) == want, f"sparsity {sparsity} of {tensor.numel()} entries must zero {want}, zeroed {int(pruned.sum())}"
+        assert int(pruned.sum()) == want, \
+            f"sparsity {sparsity} of {tensor.numel()} entries must zero {want}, zeroed {int(pruned.sum())}"
         if 0 < want < tensor.numel():
             assert tensor.abs()[pruned].max() <= tensor.abs()[~pruned].min(), "the zeroed entries must have the smallest |w|"
     print("teacher-only cases of fine_grained_mask: 4 passed")
@@ -299,7 +303,8 @@ def teacher_sparsity_plan(sparsities, task):
     for name, s in plan.items():
         prune.l1_unstructured(layers[name], "weight", amount=float(s))
     nonzero = sum(int(m.weight.count_nonzero()) for m in layers.values())
-    assert nonzero <= setting["max_nonzero"], f"the plan leaves {nonzero} non-zero weights, at most {setting['max_nonzero']} allowed"
+    assert nonzero <= setting["max_nonzero"], \
+        f"the plan leaves {nonzero} non-zero weights, at most {setting['max_nonzero']} allowed"
     with torch.no_grad():
         accuracy = 100.0 * (model(setting["X"]).argmax(1) == setting["y"]).double().mean().item()
     assert accuracy >= setting["floor"], f"the plan reaches {accuracy:.2f} %, below the floor of {setting['floor']} %"
@@ -326,7 +331,8 @@ def teacher_compound_sparsity(sparsity_after, compound_sparsity):
             prune.l1_unstructured(probe, "weight", amount=a)
         want = float((probe.weight == 0).double().mean())
         got = sparsity_after(layer, amounts)
-        assert abs(float(got) - want) < 1e-6, f"sparsity_after on a Conv1d with 30 % zeros, amounts {amounts}: should be {want}, got {got}"
+        assert abs(float(got) - want) < 1e-6, \
+            f"sparsity_after on a Conv1d with 30 % zeros, amounts {amounts}: should be {want}, got {got}"
         assert not prune.is_pruned(layer), "sparsity_after must prune a copy, not the layer"
         predicted = compound_sparsity(0.3, amounts)
         assert abs(float(predicted) - want) <= (len(amounts) + 0.5) / 200, \
@@ -348,7 +354,8 @@ def teacher_threshold_pruning(method):
     earlier = conv.weight_mask.clone()
     method.apply(conv, "weight", threshold=0.25)
     want = (w.abs() >= 0.25) & (earlier == 1)
-    assert torch.equal(conv.weight != 0, want), f"threshold 0.25 after a random pruning must keep {want.int().tolist()}, kept {(conv.weight != 0).int().tolist()}"
+    assert torch.equal(conv.weight != 0, want), \
+        f"threshold 0.25 after a random pruning must keep {want.int().tolist()}, kept {(conv.weight != 0).int().tolist()}"
     emb = nn.Embedding(3, 2)
     with torch.no_grad():
         emb.weight.copy_(torch.tensor([[0.5, -0.01], [-0.02, 0.02], [0.02, 1.0]]))

@@ -145,7 +145,8 @@ def check_threshold_pruning(method):
             why = "compare |w|: a negative entry counts by its magnitude"
         elif torch.equal(layer.weight != 0, w.abs() > 0.3):
             why = "an entry exactly at the threshold stays (|w| >= t)"
-        raise CheckFailed(f"threshold 0.3 on {[[round(v, 4) for v in row] for row in w.tolist()]} must keep {_kept(want)}, kept {_kept(layer.weight)}: {why}")
+        raise CheckFailed(f"threshold 0.3 on {[[round(v, 4) for v in row] for row in w.tolist()]} must keep "
+                          f"{_kept(want)}, kept {_kept(layer.weight)}: {why}")
     _apply_threshold(method, layer, "weight", 0.6)
     _expect(torch.equal(layer.weight != 0, w.abs() >= 0.6), "applied a second time (threshold 0.6) the masks must "
             f"combine: only |w| >= 0.6 survives; kept {_kept(layer.weight)}")
