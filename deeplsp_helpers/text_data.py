@@ -59,9 +59,12 @@ class TextSplits(NamedTuple):
 
 
 def _data_dir() -> Path:
+    """``$DEEPLSP_DATA``, else the repository's ``data/`` (as for FashionMNIST: ``./data`` when installed elsewhere)."""
+    from .data import _repo_data_dir
+
     if os.environ.get("DEEPLSP_DATA"):
         return Path(os.environ["DEEPLSP_DATA"]).expanduser()
-    return Path(__file__).resolve().parent.parent / "data"
+    return _repo_data_dir()
 
 
 def _text_path(root: Path | None = None) -> Path:
