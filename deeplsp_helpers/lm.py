@@ -224,16 +224,9 @@ def _check_batches(batches) -> Iterable:
     return batches
 
 
-def _block_io(model: nn.Module, batches: Iterable) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-    batches = _check_batches(batches)
-    records = [[] for _ in model.blocks]
-
-    def hook(b):
-        def fn(module, inputs, output):
-            records[b].append((inputs[0].detach(), output.detach()))
-        return fn
-
-    handles = [blk.register_forward_hook(hook(b)) for b, blk in enumerate(model.blocks)]
+def _run_hooked(model: nn.Module, batches: Iterable, handles: list) -> None:
+    """Run the calibration ``batches`` (tensors or ``(X, y)`` pairs) through ``model`` in eval mode without
+    gradients, so that the forward hooks behind ``handles`` record what they need; then remove the hooks."""
     n = 0
     try:
         with eval_mode(model), torch.no_grad():
@@ -245,6 +238,18 @@ def _block_io(model: nn.Module, batches: Iterable) -> list[list[tuple[torch.Tens
             h.remove()
     if n == 0:
         raise ValueError("batches is empty: give at least one calibration batch")
+
+
+def _block_io(model: nn.Module, batches: Iterable) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    batches = _check_batches(batches)
+    records = [[] for _ in model.blocks]
+
+    def hook(b):
+        def fn(module, inputs, output):
+            records[b].append((inputs[0].detach(), output.detach()))
+        return fn
+
+    _run_hooked(model, batches, [blk.register_forward_hook(hook(b)) for b, blk in enumerate(model.blocks)])
     return records
 
 
@@ -313,16 +318,5 @@ def width_importance(model: nn.Module, batches: Iterable) -> tuple[dict[str, tor
     for b, blk in enumerate(model.blocks):
         handles.append(blk.attn.out_proj.register_forward_hook(on_attn_out(f"blocks.{b}.attn", blk.attn)))
         handles.append(blk.mlp.act.register_forward_hook(on_act(f"blocks.{b}.mlp")))
-    count = 0
-    try:
-        with eval_mode(model), torch.no_grad():
-            for x in batches:
-                x = x[0] if isinstance(x, (tuple, list)) else x
-                model(x)
-                count += len(x)
-    finally:
-        for h in handles:
-            h.remove()
-    if count == 0:
-        raise ValueError("batches is empty: give at least one calibration batch")
+    _run_hooked(model, batches, handles)
     return ({k: v.sqrt() for k, v in heads.items()}, {k: v.sqrt() for k, v in neurons.items()})  # L2 over sequences
