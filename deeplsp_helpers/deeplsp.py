@@ -241,7 +241,7 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
                            sensitivities=None, calibration=None,
                            finetune: Callable[[nn.Module, str], None] | None = None, loaders=None,
                            report: bool | str = True, threads: int = 1, latency_repeats: int = 20,
-                           cost_measure: str | None = None):
+                           cost_measure: str | None = None, halp_steps: int = 0):
     """structured -> (fine-tune) -> unstructured (uniform, or sensitivity-adaptive) -> (fine-tune) -> remove masks.
 
     Args:
@@ -252,7 +252,14 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
         target_speedup: remove channels until ``latency_table`` (measured at ``batch_size`` if None) predicts
             this speed-up at ``batch_size`` (:func:`deeplsp_helpers.speedup.prune_to_speedup`; ``cost`` is
             ``'latency'``, ``'macs'`` or ``'none'``, default ``'none'``: the channels go in order of L1 magnitude,
-            which chapter 06 chose on validation). Give one of the two.
+            which chapter 06 chose on validation among one-shot costs). Give one of the two.
+        halp_steps: with ``target_speedup``, reach it HALP's way instead of in one shot
+            (:func:`deeplsp_helpers.halp.halp_prune`: this many steps, channels re-scored by Taylor importance on
+            ``calibration`` before each, a latency knapsack on ``latency_table``; the first conv is pruned like the
+            rest, as in chapter 06); ``finetune`` is then called as ``finetune(model, "structured k/K")`` after
+            step k of K (the recipe spreads its structured fine-tune over the steps:
+            :func:`deeplsp_helpers.halp.progressive_fine_tune`) instead of once with ``"structured"``. ``cost``
+            must be ``'latency'``: that is HALP's knapsack.
         unstructured_ratio: zero this fraction of the remaining Conv/Linear weights; or instead
         nonzero_factor: zero as many as leave the input model's parameter count / ``nonzero_factor`` non-zero
             (:func:`sparsity_for_nonzero_factor`, computed after the structured stage: chapter 06's budget).
@@ -290,7 +297,11 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
         raise ValueError(f"cost_measure must be 'latency', 'macs' or None, got {cost_measure!r}")
     if report not in (True, False, "final"):
         raise ValueError(f"report must be True (every stage), 'final' or False, got {report!r}")
-    check_ints(("batch_size", batch_size, 1))
+    check_ints(("batch_size", batch_size, 1), ("halp_steps", halp_steps, 0))
+    if halp_steps and (target_speedup is None or cost != "latency" or calibration is None):
+        raise ValueError("halp_steps needs target_speedup, cost='latency' (HALP's latency knapsack) and calibration "
+                         f"batches from the training split (its Taylor scores); got target_speedup={target_speedup!r}, "
+                         f"cost={cost!r}, calibration={'given' if calibration is not None else None}")
     unstructured = u_ratio > 0 or nonzero_factor is not None
     if sensitivity_adaptive and unstructured and sensitivities is None and calibration is None and loaders is None:
         raise ValueError("sensitivity_adaptive=True needs sensitivities, calibration batches or loaders")
@@ -310,7 +321,16 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
 
             x = example_inputs[:batch_size] if len(example_inputs) >= batch_size else \
                 example_inputs[:1].expand(batch_size, *example_inputs.shape[1:]).contiguous()
-            prune_to_speedup(pruned, x, target_speedup, latency_table, cost=cost, threads=threads)
+            if halp_steps:
+                from .halp import halp_prune
+                from .latency_model import LatencyTable
+
+                table = latency_table if latency_table is not None else LatencyTable.measure(pruned, x, threads=threads)
+                step_done = None if finetune is None else (lambda m, k: finetune(m, f"structured {k}/{halp_steps}"))
+                halp_prune(pruned, x, target_speedup, table, calibration, steps=halp_steps, fine_tune=step_done,
+                           protect_first_conv=False)
+            else:
+                prune_to_speedup(pruned, x, target_speedup, latency_table, cost=cost, threads=threads)
         else:
             if cost_measure is None:
                 importance = tp.importance.GroupMagnitudeImportance(p=1)
@@ -318,8 +338,8 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
                 importance = LatencyAwareImportance.from_model(pruned, example_inputs[:1], cost_measure,
                                                                threads=threads, repeats=max(latency_repeats, 20))
             structured_channel_pruning(pruned, example_inputs[:1], s_ratio, importance=importance)
-        record("structured")
-        if finetune is not None:
+        record("structured" if not halp_steps or finetune is None else "structured + fine-tune")
+        if finetune is not None and not halp_steps:
             finetune(pruned, "structured")
             record("structured + fine-tune")
     if nonzero_factor is not None:

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                               f"{'the default' if R.distill else 'off by default'})")
     distill.add_argument("--no-distill", dest="distill", action="store_false",
                          help="fine-tune on the labels alone")
+    p.add_argument("--halp-steps", type=int, default=R.halp_steps,
+                   help="reach --target-speedup HALP's way in this many steps during the first fine-tune (Taylor "
+                        "importance, latency knapsack; needs --costs latency); 0: in one shot (default)")
     p.add_argument("--finetune-epochs", type=int, default=R.finetune_epochs // 2,
                    help=f"fine-tuning epochs after each stage (default {R.finetune_epochs // 2})")
     p.add_argument("--finetune-samples", type=int, default=R.finetune_samples,
@@ -115,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--finetune-samples must be in 1..55000")
     if args.threads < 1:
         parser.error("--threads must be >= 1")
+    if args.halp_steps < 0:
+        parser.error("--halp-steps must be >= 0")
+    if args.halp_steps and (args.costs != "latency" or args.structured is not None or args.finetune_epochs < 1):
+        parser.error("--halp-steps needs --costs latency, a --target-speedup (not --structured) and "
+                     "--finetune-epochs >= 1")
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
     if not (math.isfinite(args.lr) and args.lr > 0):
@@ -151,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe = DeepLSPRecipe(target_speedup=target or R.target_speedup, request_batch_size=args.batch_size,
                                cost=args.costs, nonzero_factor=nonzero_factor or R.nonzero_factor,
                                finetune_epochs=2 * args.finetune_epochs, finetune_samples=args.finetune_samples,
-                               lr=args.lr, distill=args.distill)
+                               lr=args.lr, distill=args.distill, halp_steps=args.halp_steps)
         finetune = recipe.finetune_fn(model, splits)
         calibration = recipe.calibration(splits)
     except (OSError, ValueError, RuntimeError) as err:
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, cost=args.costs, nonzero_factor=nonzero_factor,
             sensitivity_adaptive=args.sensitivity_adaptive, calibration=calibration,
             finetune=finetune, loaders=loaders, threads=args.threads,
-            cost_measure=None if args.costs == "none" else args.costs)
+            cost_measure=None if args.costs == "none" else args.costs, halp_steps=args.halp_steps)
     except (ValueError, ArithmeticError, RuntimeError) as err:  # bad settings, a diverging fine-tune, ...
         print(f"error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr)
         return 2

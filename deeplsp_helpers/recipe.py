@@ -3,8 +3,12 @@ checkpoints with, and what the command line does by default.
 
     structured stage   channels removed until this machine's latency table (measured at ``request_batch_size``)
                        predicts ``target_speedup`` (:func:`deeplsp_helpers.speedup.prune_to_speedup`, one shot;
-                       ``cost`` weighs each channel's importance by nothing, MACs or predicted milliseconds)
-    fine-tune          ``finetune_epochs // 2`` epochs over ``finetune_samples`` training images (seed 0)
+                       ``cost`` weighs each channel's importance by nothing, MACs or predicted milliseconds);
+                       or, with ``halp_steps`` = K > 0, HALP's way in K steps (Taylor importance, latency
+                       knapsack, ``cost="latency"``; :func:`deeplsp_helpers.halp.halp_prune`)
+    fine-tune          ``finetune_epochs // 2`` epochs over ``finetune_samples`` training images (seed 0); with
+                       ``halp_steps`` the K steps happen during this fine-tune, spread over its first quarter
+                       (:func:`deeplsp_helpers.halp.progressive_fine_tune`)
     unstructured stage sensitivity-adaptive magnitude pruning (sensitivities on ``calibration_images`` training
                        images) until the model keeps the dense model's parameter count / ``nonzero_factor``
                        non-zero (:func:`deeplsp_helpers.deeplsp.sparsity_for_nonzero_factor`)
@@ -43,6 +47,7 @@ class DeepLSPRecipe:
     lr: float = 0.05
     batch_size: int = 128
     distill: bool = True
+    halp_steps: int = 0
 
     def __post_init__(self):
         from .speedup import COSTS
@@ -63,6 +68,11 @@ class DeepLSPRecipe:
                    ("calibration_images", self.calibration_images, 64), ("finetune_epochs", self.finetune_epochs, 0),
                    ("finetune_samples", self.finetune_samples, 1), ("batch_size", self.batch_size, 1))
         check_bool(self.distill, "distill")
+        check_ints(("halp_steps", self.halp_steps, 0))
+        if self.halp_steps and (self.cost != "latency" or self.finetune_epochs < 2):
+            raise ValueError("halp_steps > 0 (HALP's structured stage) needs cost='latency' (its latency knapsack) and "
+                             f"finetune_epochs >= 2 (its steps happen during the first stage's fine-tune); got "
+                             f"cost={self.cost!r}, finetune_epochs={self.finetune_epochs}")
 
     def as_record(self) -> dict:
         """The recipe as a plain dict (what the zoo's manifest records)."""
@@ -94,7 +104,7 @@ class DeepLSPRecipe:
         outputs if ``distill``). ``after_stage(model, stage)`` is called after each (e.g. to keep a copy of the
         structured stage; during the unstructured call the prune masks are still attached). With ``val_loader`` and a
         dict ``history``, the validation accuracy after every fine-tuning epoch is stored as ``history[stage]`` (a
-        list, one per epoch)."""
+        list, one per epoch; with ``halp_steps``, the structured stage's list holds the accuracy after its last step)."""
         from . import data, seed_everything, train
 
         if progress is not None:
@@ -111,8 +121,24 @@ class DeepLSPRecipe:
         epochs = {"structured": self.finetune_epochs // 2,
                   "unstructured": self.finetune_epochs - self.finetune_epochs // 2}
         seeds = {"structured": 0, "unstructured": 1}
+        schedules = {}  # HALP: one progressive schedule over the structured stage's fine-tune
 
         def finetune(model, stage):
+            if stage.startswith("structured "):  # "structured k/K": HALP's step k of K
+                from .halp import progressive_fine_tune
+
+                k, steps = (int(v) for v in stage.split()[1].split("/"))
+                if steps not in schedules:
+                    schedules[steps] = progressive_fine_tune(finetune_data, steps, num_epochs=epochs["structured"],
+                                                             lr=self.lr, batch_size=self.batch_size,
+                                                             seed=seeds["structured"])
+                schedules[steps](model, k)
+                if k == steps:
+                    if history is not None:
+                        history["structured"] = [round(train.evaluate(model, val_loader), 2)]
+                    if after_stage is not None:
+                        after_stage(model, "structured")
+                return
             if epochs[stage]:
                 seed_everything(seeds[stage])
                 loader = data.BatchLoader(finetune_data, self.batch_size, shuffle=True, seed=seeds[stage])
@@ -154,7 +180,8 @@ class DeepLSPRecipe:
                                       batch_size=self.request_batch_size, latency_table=table, cost=self.cost,
                                       nonzero_factor=self.nonzero_factor, sensitivity_adaptive=True,
                                       calibration=self.calibration(splits) if calibration is None else calibration,
-                                      finetune=finetune, loaders=loaders, report=report, threads=threads)
+                                      finetune=finetune, loaders=loaders, report=report, threads=threads,
+                                      halp_steps=self.halp_steps)
 
 
 DEFAULT_RECIPE = DeepLSPRecipe()

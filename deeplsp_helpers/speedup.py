@@ -12,8 +12,11 @@ the chunk whose removal loses the least importance per unit of cost saved, until
 - ``"none"``: nothing, channels go in order of importance alone (plain global magnitude pruning).
 
 In all three the stopping rule is the same (the table's predicted latency), so they can be compared
-at the same requested speed-up. This is what the seed script's constant ``LatencyAwareImportance``
-was a placeholder for.
+at the same requested speed-up. The default is ``"none"``, the cost chapter 06 validates (its recipe,
+:data:`deeplsp_helpers.recipe.DEFAULT_RECIPE`): with a group-normalised importance the weighted costs drain the
+early, expensive layers and kept less accuracy at the same request (HALP's Taylor score with progressive steps is
+:mod:`deeplsp_helpers.halp`). This is what the seed script's constant ``LatencyAwareImportance`` was a placeholder
+for.
 """
 
 from __future__ import annotations
@@ -116,7 +119,7 @@ def _greedy_plan(model, example_inputs, target_speedup, table, cost, importance,
 
 
 def reachable_speedup(model: nn.Module, example_inputs: torch.Tensor, table: LatencyTable, *,
-                      cost: str = "latency", importance=None, round_to: int | None = None,
+                      cost: str = "none", importance=None, round_to: int | None = None,
                       max_pruning_ratio: float = 0.75, ignored_layers=None) -> float:
     """The largest speed-up over ``model`` that :func:`plan_to_speedup` can plan with ``table`` under the same
     options: the greedy knapsack run until no group may lose more channels (``max_pruning_ratio``) or no cut
@@ -131,7 +134,7 @@ def reachable_speedup(model: nn.Module, example_inputs: torch.Tensor, table: Lat
 
 
 def plan_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float, table: LatencyTable, *,
-                    cost: str = "latency", importance=None, round_to: int | None = None,
+                    cost: str = "none", importance=None, round_to: int | None = None,
                     max_pruning_ratio: float = 0.75, ignored_layers=None) -> dict:
     """Which channels to remove so that ``table`` predicts ``target_speedup`` over ``model`` as it is passed in
     (normally the dense model; for an already pruned model the speed-up is relative to that model).
@@ -154,7 +157,7 @@ def plan_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_speed
 
 
 def prune_to_speedup(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float,
-                     table: LatencyTable | None = None, *, cost: str = "latency", importance=None,
+                     table: LatencyTable | None = None, *, cost: str = "none", importance=None,
                      round_to: int | None = None, max_pruning_ratio: float = 0.75, ignored_layers=None,
                      threads: int = 1) -> dict:
     """Prune ``model`` in place until ``table`` predicts ``target_speedup`` at ``example_inputs``'s batch size,

@@ -97,7 +97,7 @@ def structured_channel_pruning(model: nn.Module, example_inputs: torch.Tensor, p
                                importance=None, ignored_layers=None, iterative_steps: int = 1,
                                round_to: int | None = None, max_pruning_ratio: float | None = None, *,
                                target_speedup: float | None = None, latency_table=None,
-                               cost: str = "latency") -> nn.Module:
+                               cost: str = "none") -> nn.Module:
     """Remove channels, then collapse any channel left dead: either a fraction of them, or as many as a
     requested speed-up needs.
 

@@ -159,7 +159,7 @@ def distillation_loss(y_hat: torch.Tensor, y: torch.Tensor, teacher_logits: torc
 
 
 def _run_epochs(model, loader, optimizer, scheduler, num_epochs, callbacks, penalty, device, progress, desc,
-                on_epoch_end, teacher=None, cl=False, before_step=(), start_step=0):
+                on_epoch_end, teacher=None, cl=False, before_step=(), start_step=0, stop_step=None):
     loss_fn = nn.CrossEntropyLoss()
     if teacher is not None:
         teacher.eval()
@@ -171,6 +171,8 @@ def _run_epochs(model, loader, optimizer, scheduler, num_epochs, callbacks, pena
         running, seen = 0.0, 0
         for batch in bar:
             step += 1
+            if stop_step is not None and step > stop_step:  # a segment of a longer run: stop where it ends
+                break
             if step <= start_step:  # resumed run: these steps happened before (the schedule was advanced past them)
                 continue
             X, y = _to_input(batch[0], device, cl), batch[1].to(device)
@@ -201,6 +203,8 @@ def _run_epochs(model, loader, optimizer, scheduler, num_epochs, callbacks, pena
             if progress_enabled(progress):
                 bar.set_postfix(loss=f"{running / seen:.3f}", refresh=False)
         on_epoch_end(epoch, running / max(seen, 1))
+        if stop_step is not None and step >= stop_step:
+            return
 
 
 def _with_cached_teacher(loader, teacher):
@@ -239,7 +243,7 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
           schedule: str = "onecycle", select_best: bool = True, callbacks: Sequence[Callback] = (),
           penalty: Callable[[nn.Module], torch.Tensor] | None = None, teacher: nn.Module | None = None,
           device=None, progress: bool | None = None, before_step: Sequence[Callback] = (),
-          start_step: int = 0) -> dict:
+          start_step: int = 0, stop_step: int | None = None) -> dict:
     """Train with cross-entropy; optionally keep the epoch with the best validation accuracy.
 
     Args:
@@ -259,6 +263,9 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
             where it stood after ``start_step`` steps, and the first ``start_step`` batches are skipped, so the
             model takes ``num_epochs * len(train_loader) - start_step`` steps (weight rewinding resumes this
             way: Renda et al., "Comparing Rewinding and Fine-tuning in Neural Network Pruning", arXiv:2003.02389).
+        stop_step: end the run after this optimizer step (None: at its end). With ``start_step`` it runs one
+            segment of a longer run, steps ``start_step + 1 .. stop_step`` on that run's schedule; the last epoch
+            in the history may then be partial. (The optimizer, and so its momentum, starts afresh in each call.)
     Returns:
         A history dict: ``train_loss``, ``val_acc`` per epoch, ``best_epoch``, ``seconds``.
     """
@@ -283,6 +290,11 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
     if start_step >= steps:
         raise ValueError(f"start_step must be below the run's {steps} steps (num_epochs * len(train_loader)), "
                          f"got {start_step}")
+    if stop_step is not None:
+        check_ints(("stop_step", stop_step, start_step + 1))
+        if stop_step > steps:
+            raise ValueError(f"stop_step must be at most the run's {steps} steps (num_epochs * len(train_loader)), "
+                             f"got {stop_step}")
     sched = None
     if schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25)
@@ -315,7 +327,7 @@ def train(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None 
             teacher = None  # its outputs travel with the batches now
     with channels_last(model, device.type == "cpu") as cl:
         _run_epochs(model, loader, opt, sched, num_epochs, callbacks, penalty, device, progress, "epoch",
-                    on_epoch_end, teacher, cl, before_step, start_step)
+                    on_epoch_end, teacher, cl, before_step, start_step, stop_step)
     if loader is not train_loader:
         train_loader._epoch = loader._epoch  # the next pass over train_loader gets a new order, as without a teacher
     history["seconds"] = time.perf_counter() - start
@@ -329,16 +341,18 @@ def fine_tune(model: nn.Module, train_loader: Iterable, *, num_epochs: int = 1, 
               optimizer: str = "sgd", weight_decay: float = 5e-4, momentum: float = 0.9,
               callbacks: Sequence[Callback] = (), penalty: Callable[[nn.Module], torch.Tensor] | None = None,
               teacher: nn.Module | None = None, val_loader: Iterable | None = None, device=None,
-              progress: bool | None = None, before_step: Sequence[Callback] = ()) -> dict:
+              progress: bool | None = None, before_step: Sequence[Callback] = (), start_step: int = 0,
+              stop_step: int | None = None) -> dict:
     """Fine-tune a (pruned) model with a cosine-decaying learning rate.
 
     ``callbacks`` run after every optimizer step: pass a pruner's ``apply`` to keep pruned
     weights at zero (otherwise their gradients, carried on by momentum, bring them back).
     ``teacher`` (e.g. the dense model) adds knowledge distillation (:func:`distillation_loss`).
-    ``before_step`` hooks run between the backward pass and each optimizer step (see :func:`train`).
+    ``before_step`` hooks run between the backward pass and each optimizer step; ``start_step`` / ``stop_step``
+    run one segment of the schedule (see :func:`train`).
     Returns the same history dict as :func:`train` (the last epoch is kept, not the best).
     """
     return train(model, train_loader, val_loader, num_epochs=num_epochs, lr=lr, optimizer=optimizer,
                  weight_decay=weight_decay, momentum=momentum, schedule="cosine", select_best=False,
                  callbacks=callbacks, penalty=penalty, teacher=teacher, device=device, progress=progress,
-                 before_step=before_step)
+                 before_step=before_step, start_step=start_step, stop_step=stop_step)

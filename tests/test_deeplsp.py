@@ -151,12 +151,17 @@ def test_cli_help_and_bad_options():
     assert out.returncode == 0
     for opt in ("--model", "--structured", "--target-speedup", "--batch-size", "--unstructured",
                 "--sensitivity-adaptive", "--latency-aware", "--costs", "--distill", "--finetune-epochs", "--sparse",
+                "--halp-steps",
                 "--out"):
         assert opt in out.stdout
     bad = _cli("--model", "vgg", "--structured", "1.5", "--out", "x.pt")
     assert bad.returncode == 2 and "outside [0, 1)" in bad.stderr
     bad = _cli("--model", "alexnet", "--out", "x.pt")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    for halp in (("--halp-steps", "-1"), ("--halp-steps", "5"), ("--halp-steps", "5", "--costs", "latency",
+                                                                  "--structured", "0.5")):
+        bad = _cli("--model", "vgg", *halp, "--out", "x.pt")
+        assert bad.returncode == 2 and "--halp-steps" in bad.stderr, bad.stderr
     bad = _cli("--model", "lenet", "--finetune-epochs", "-1", "--out", "x.pt")
     assert bad.returncode == 2
     bad = _cli("--model", "lenet", "--costs", "flops", "--out", "x.pt")
@@ -340,3 +345,24 @@ def test_the_second_fine_tune_runs_even_when_the_structured_stage_met_the_nonzer
     calls.clear()
     deeplsp.apply_combined_pruning(model, X, 0.5, finetune=lambda m, stage: calls.append(stage), latency_repeats=3)
     assert calls == ["structured"]  # no unstructured stage asked for: no second fine-tune
+
+
+def test_halp_steps_reach_the_request_in_steps_with_a_fine_tune_call_after_each(calib):
+    """halp_steps: the structured stage is HALP's (Taylor scores on the calibration batches, latency knapsack), with
+    finetune(model, "structured k/K") after each step instead of one "structured" call."""
+    from test_halp import _synthetic_table  # tests/ is on sys.path (pytest prepends it)
+
+    model = models.VGG(cfg=(16, "M", 32, "M", 32)).eval()
+    table = _synthetic_table(model, X[:1])
+    calls = []
+    pruned, _ = deeplsp.apply_combined_pruning(model, X, target_speedup=1.5, latency_table=table, cost="latency",
+                                               calibration=calib, halp_steps=3, nonzero_factor=3.0, report=False,
+                                               finetune=lambda m, stage: calls.append(stage))
+    assert calls == ["structured 1/3", "structured 2/3", "structured 3/3", "unstructured"]
+    assert table.dense_ms / table.predict(pruned) >= 1.5 * (1 - 1e-9)
+    assert metrics.count_parameters(model) / metrics.count_parameters(pruned, nonzero_only=True) >= 3.0 * 0.99
+    for bad in (dict(cost="none"), dict(calibration=None), dict(target_speedup=None, structured_ratio=0.5)):
+        kwargs = dict(target_speedup=1.5, latency_table=table, cost="latency", calibration=calib, halp_steps=3,
+                      report=False) | bad
+        with pytest.raises(ValueError, match="halp_steps needs"):
+            deeplsp.apply_combined_pruning(model, X, **kwargs)

@@ -179,6 +179,33 @@ def test_halp_meets_the_request_in_steps_and_keeps_the_first_conv(table):
     assert model(X).shape == (2, 10)
 
 
+def test_progressive_fine_tune_spends_exactly_one_fine_tune_of_budget_across_the_steps(table, monkeypatch):
+    from deeplsp_helpers import data, train
+
+    g = torch.Generator().manual_seed(2)
+    ft = data.ImageTensorDataset(torch.randn(200, 1, 28, 28, generator=g), torch.randint(0, 10, (200,), generator=g))
+    segments, optimizer_steps = [], []
+    fine_tune = halp.progressive_fine_tune(ft, 4, num_epochs=2, lr=0.01, batch_size=32, prune_fraction=0.5,
+                                           after_step=lambda m, k, done, total: segments.append((k, done, total)))
+    model, real = _small_vgg(), train.fine_tune
+
+    def counting(model, loader, **kw):
+        optimizer_steps.append((kw["start_step"], kw["stop_step"]))
+        return real(model, loader, **kw)
+
+    monkeypatch.setattr(train, "fine_tune", counting)
+    report = halp.halp_prune(model, X, 1.5, table, _batches(), steps=4, fine_tune=fine_tune)
+    total = 2 * 7  # 2 epochs of ceil(200 / 32) batches: what train.fine_tune(num_epochs=2) would take
+    # steps at 0, 1/8, 2/8, 3/8 of the run (the first half spread over 4 steps), then on to its end
+    assert optimizer_steps == [(0, 1), (1, 3), (3, 5), (5, 14)]
+    assert segments == [(1, 1, total), (2, 3, total), (3, 5, total), (4, 14, total)]
+    assert report["reached"] and model(X).shape == (2, 10)
+    with pytest.raises(ValueError, match="prune_fraction"):
+        halp.progressive_fine_tune(ft, 4, num_epochs=1, lr=0.01, prune_fraction=1.0)
+    with pytest.raises(ValueError, match="step must be 1..4"):
+        fine_tune(model, 5)
+
+
 def test_resnet_residual_groups_are_scored_together_and_the_stem_group_is_kept():
     torch.manual_seed(0)
     model = models.ResNet(widths=(16, 16, 32)).eval()

@@ -43,10 +43,13 @@ def test_records_round_trip_and_old_records_take_the_defaults():
 
 
 def test_the_zoo_and_the_cli_use_the_recipe():
-    def full_budget(request):  # the whole training split, 4 epochs
-        return DeepLSPRecipe(target_speedup=request, finetune_epochs=4, finetune_samples=55_000)
+    def full_budget(request, epochs):  # the whole training split
+        return DeepLSPRecipe(target_speedup=request, finetune_epochs=epochs, finetune_samples=55_000)
 
-    for name, base, recipe in (("vgg_deeplsp", "vgg", full_budget(2.5)), ("resnet_deeplsp", "resnet", full_budget(2.0))):
+    for name, base, recipe in (("vgg_deeplsp", "vgg", full_budget(2.5, 4)), ("vgg_deeplsp_3x", "vgg", full_budget(3.0, 8)),
+                               ("vgg_deeplsp_halp", "vgg", dataclasses.replace(full_budget(3.0, 8), cost="latency",
+                                                                               halp_steps=30)),
+                               ("resnet_deeplsp", "resnet", full_budget(2.0, 4))):
         record = zoo.PRUNED_RECIPES[name]
         assert record == {"base": base, "chapter": "06", **recipe.as_record()}
         assert zoo.read_manifest()[name]["recipe"] == record  # and the checkpoints were built with it
@@ -57,6 +60,10 @@ def test_the_zoo_and_the_cli_use_the_recipe():
     assert args.structured is None and args.target_speedup is None and args.unstructured is None  # -> the recipe's
     assert build_parser().parse_args(["--model", "vgg", "--no-distill", "--uniform", "--out", "x.pt"]).distill is False
     assert inspect.signature(deeplsp.apply_combined_pruning).parameters["cost"].default == DEFAULT_RECIPE.cost
+    from deeplsp_helpers import speedup, structured
+
+    for fn in (speedup.prune_to_speedup, speedup.plan_to_speedup, structured.structured_channel_pruning):
+        assert inspect.signature(fn).parameters["cost"].default == DEFAULT_RECIPE.cost, fn.__name__
 
 
 def test_run_is_the_pipeline_chapter_06_builds_step_by_step(splits):
@@ -103,3 +110,12 @@ def test_a_history_needs_a_validation_loader_and_is_a_dict(splits):
     with pytest.raises(TypeError, match="history must be a dict"):
         DEFAULT_RECIPE.finetune_fn(dense, splits, finetune_data=data.subset(splits.train, 64), history=[],
                                    val_loader=data.BatchLoader(data.subset(splits.val, 64), 64))
+
+
+def test_a_halp_recipe_needs_the_latency_knapsack_and_a_first_fine_tune():
+    assert DeepLSPRecipe(cost="latency", halp_steps=30).halp_steps == 30
+    for bad in (dict(halp_steps=30), dict(cost="latency", halp_steps=30, finetune_epochs=1)):
+        with pytest.raises(ValueError, match="halp_steps"):
+            DeepLSPRecipe(**bad)
+    with pytest.raises(ValueError, match="halp_steps"):
+        DeepLSPRecipe(cost="latency", halp_steps=-1)

@@ -294,6 +294,33 @@ def test_a_run_resumed_at_step_k_continues_the_schedule_and_takes_the_remaining_
     assert not torch.allclose(fresh.fc1.weight, full.fc1.weight, atol=1e-4)
 
 
+def test_a_run_cut_into_segments_retraces_the_whole_run(splits):
+    """start_step/stop_step segments (as halp.progressive_fine_tune uses them) walk the same schedule and batches."""
+    def loader():
+        return data.make_loaders(splits, batch_size=128, train_subset=1024).train  # 8 steps an epoch
+
+    sgd = dict(num_epochs=2, lr=0.05, momentum=0.0, weight_decay=0.0, progress=False)
+    torch.manual_seed(0)
+    full = models.LeNet()
+    pieces = _copy(full)
+    train.fine_tune(full, loader(), **sgd)
+    calls = []
+    for start, stop in ((0, 3), (3, 11), (11, 16)):  # across the epoch boundary at 8
+        train.fine_tune(pieces, loader(), callbacks=[lambda m: calls.append(1)], start_step=start, stop_step=stop,
+                        **sgd)
+    assert len(calls) == 16
+    for p, q in zip(full.parameters(), pieces.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("start_step, stop_step", [(0, 0), (5, 5), (5, 3), (0, 17), (0, 2.5), (0, True)])
+def test_a_stop_step_outside_the_run_or_before_its_start_is_refused(start_step, stop_step, small):
+    one_epoch = data.make_loaders(data.load_fashion_mnist(), batch_size=128, train_subset=1024).train  # 8 steps
+    with pytest.raises((ValueError, TypeError), match="stop_step"):
+        train.train(models.LeNet(), one_epoch, num_epochs=2, start_step=start_step, stop_step=stop_step,
+                    progress=False)
+
+
 @pytest.mark.parametrize("start_step", [-1, 16, 1.5, True])
 def test_a_start_step_outside_the_run_is_refused(start_step, small):
     one_epoch = data.make_loaders(data.load_fashion_mnist(), batch_size=128, train_subset=1024).train  # 8 steps
