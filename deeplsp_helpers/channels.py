@@ -16,7 +16,7 @@ from ._modes import eval_mode
 from ._validate import PRUNABLE, check_batch, check_module
 
 __all__ = ["table_layers", "is_depthwise", "layer_widths", "output_layers", "coupled_groups", "prunable_dims",
-           "collapse_channels"]
+           "collapse_channels", "uniform_channel_pruning"]
 
 
 def table_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -56,6 +56,17 @@ def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Mod
     outs = out if isinstance(out, (tuple, list)) else [out]
     return [produced[id(o)] for o in outs if id(o) in produced]
 
+
+
+def uniform_channel_pruning(model: nn.Module, example_inputs: torch.Tensor, ratio: float, *, ignored_layers=None,
+                            round_to: int | None = None) -> nn.Module:
+    """Chapter 05's uniform cut, in place: Torch-Pruning's ``BasePruner`` with L1 group magnitude removes ``ratio`` of
+    the channels of every group of coupled channels (each group on its own, not a global ranking); the output
+    layers (or ``ignored_layers``) are kept. Returns ``model``."""
+    ignored = output_layers(model, example_inputs) if ignored_layers is None else list(ignored_layers)
+    tp.pruner.BasePruner(model, example_inputs, importance=tp.importance.GroupMagnitudeImportance(p=1),
+                         pruning_ratio=ratio, ignored_layers=ignored, round_to=round_to).step()
+    return model
 
 def _is_out_fn(dep) -> bool:
     return getattr(dep.pruning_fn, "__name__", "") == "prune_out_channels"

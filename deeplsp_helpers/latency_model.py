@@ -29,7 +29,7 @@ from torch import nn
 
 from ._modes import eval_mode
 from ._validate import PRUNABLE, check_batch, check_ints, check_module
-from .channels import is_depthwise, layer_widths, output_layers, prunable_dims, table_layers
+from .channels import is_depthwise, layer_widths, prunable_dims, table_layers, uniform_channel_pruning
 from .files import atomic_write, regular_file
 from .latency import time_calls
 
@@ -166,15 +166,10 @@ class LatencyTable:
         """Measure what the layers do not cover on the dense model and on uniformly narrowed copies."""
         import copy
 
-        import torch_pruning as tp
-
         variants = [copy.deepcopy(model).eval()]
         for ratio in (0.5, 0.75, 0.875):
-            narrow = copy.deepcopy(model).eval()
-            tp.pruner.BasePruner(narrow, example_inputs[:1], importance=tp.importance.GroupMagnitudeImportance(p=1),
-                                 pruning_ratio=ratio, ignored_layers=output_layers(narrow, example_inputs[:1]),
-                                 round_to=round_to).step()
-            variants.append(narrow)
+            variants.append(uniform_channel_pruning(copy.deepcopy(model).eval(), example_inputs[:1], ratio,
+                                                    round_to=round_to))
         totals = time_interleaved([lambda m=m: m(example_inputs) for m in variants], warmup, repeats * 2, threads)
         points = {}
         for m, total in zip(variants, totals):

@@ -44,12 +44,17 @@ def ch06_request(reach: float) -> float:
     return min(3.0, math.floor(4 * 0.9 * reach) / 4)
 
 
+def _records(path) -> tuple[Path, dict]:
+    """The study file (``path``, default :data:`STUDY_FILE`) and every study recorded in it (none if it is absent)."""
+    path = Path(path) if path is not None else STUDY_FILE
+    return path, json.loads(path.read_text()) if path.is_file() else {}
+
+
 def read_study(name: str, path: str | Path | None = None) -> dict:
     """The recorded study ``name`` (see :data:`STUDIES`); ``KeyError`` with the command that records it if absent."""
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; the studies are {STUDIES}")
-    path = Path(path) if path is not None else STUDY_FILE
-    record = json.loads(path.read_text()) if path.is_file() else {}
+    path, record = _records(path)
     if name not in record:
         raise KeyError(f"no record of study {name!r} in {path}: run `python -m deeplsp_helpers.studies run {name}`")
     return record[name]
@@ -58,12 +63,11 @@ def read_study(name: str, path: str | Path | None = None) -> dict:
 def _uniform_to_request(dense, x1, request, table):
     """Chapter 05's recipe (Torch-Pruning's BasePruner, L1 group magnitude, the same ratio in every layer, the
     classifier kept) at the smallest ratio, in steps of 0.025, whose model the table predicts at ``request``."""
-    import torch_pruning as tp
+    from .channels import uniform_channel_pruning
 
     for ratio in [r / 1000 for r in range(25, 1000, 25)]:
         model = copy.deepcopy(dense)
-        tp.pruner.BasePruner(model, x1, importance=tp.importance.GroupMagnitudeImportance(p=1), pruning_ratio=ratio,
-                             ignored_layers=[model.classifier]).step()
+        uniform_channel_pruning(model, x1, ratio, ignored_layers=[model.classifier])
         if table.dense_ms / table.predict(model) >= request:
             return model, ratio
     raise ValueError(f"uniform channel pruning cannot reach {request:g}x on this table")
@@ -180,8 +184,7 @@ def run_study(name: str, seeds=(0, 1, 2), *, path: str | Path | None = None, log
     result = (_ch06_structured if name == "ch06_structured" else _request_accuracy)(seeds, log)
     result.update(seconds=round(time.perf_counter() - start, 1), recorded_on=time.strftime("%Y-%m-%d"),
                   torch=torch.__version__, machine=platform.machine(), cpu=describe_cpu())
-    path = Path(path) if path is not None else STUDY_FILE
-    record = json.loads(path.read_text()) if path.is_file() else {}
+    path, record = _records(path)
     record[name] = result
     text = json.dumps(record, indent=1, sort_keys=True) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))

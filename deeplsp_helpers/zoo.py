@@ -369,9 +369,8 @@ def _make_pruned(name: str, directory: Path, progress: bool | None, force: bool 
     """Prune the dense ``base`` checkpoint by ``PRUNED_RECIPES[name]``, save it with ``save_pruned``, record it."""
     import copy
 
-    import torch_pruning as tp
-
     from . import data, metrics, train
+    from .channels import uniform_channel_pruning
     from .serialization import save_pruned
 
     recipe = PRUNED_RECIPES[name]
@@ -383,8 +382,7 @@ def _make_pruned(name: str, directory: Path, progress: bool | None, force: bool 
     x1 = splits.val.X[:1]
     model = copy.deepcopy(dense)
     if "channel_ratio" in recipe:
-        tp.pruner.BasePruner(model, x1, importance=tp.importance.GroupMagnitudeImportance(p=1),
-                             pruning_ratio=recipe["channel_ratio"], ignored_layers=[model.classifier]).step()
+        uniform_channel_pruning(model, x1, recipe["channel_ratio"], ignored_layers=[model.classifier])
         ft = data.make_loaders(splits, batch_size=recipe["batch_size"], train_subset=recipe["finetune_samples"],
                                seed=SEED).train
         done = train.fine_tune(model, ft, num_epochs=recipe["finetune_epochs"], lr=recipe["lr"], teacher=dense,

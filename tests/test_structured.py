@@ -186,3 +186,13 @@ def test_the_default_importance_is_plain_l1_group_magnitude():
     structured.structured_channel_pruning(b, X[:1], 0.4, importance=tp.importance.GroupMagnitudeImportance(p=1))
     assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_uniform_channel_pruning_cuts_every_group_by_the_same_fraction():
+    from deeplsp_helpers import channels, metrics, models
+
+    model = models.VGG().eval()
+    x = torch.randn(1, 1, 28, 28)
+    assert channels.uniform_channel_pruning(model, x, 0.5) is model
+    assert metrics.conv_widths(model) == [16, 16, 32, 32, 64, 64]  # half of every layer, not a global ranking
+    assert model.classifier.out_features == 10 and model(x).shape == (1, 10)  # the output layer kept
