@@ -26,11 +26,11 @@ from torch import nn
 from tqdm import tqdm
 
 from . import get_device
-from ._modes import eval_mode
+from ._modes import eval_mode, train_mode
 from ._validate import check_bool, check_ints, check_labels, check_module, check_number
 
 __all__ = ["evaluate", "train", "fine_tune", "distillation_loss", "progress_enabled", "with_teacher_outputs",
-           "channels_last"]
+           "channels_last", "reestimate_batchnorm"]
 
 PROGRESS_MININTERVAL = 0.5  # seconds between two redraws of a progress bar
 
@@ -119,6 +119,44 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
     if total == 0:
         raise ValueError("loader yielded no samples")
     return 100.0 * correct / total
+
+
+def reestimate_batchnorm(model: nn.Module, loader: Iterable, device: torch.device | str | None = None) -> nn.Module:
+    """Recompute every BatchNorm layer's running mean and variance from ``loader``'s images, changing no weight.
+
+    The statistics are reset and re-estimated as an equal-weight average over the batches (train-mode forward
+    passes without gradients), the part of fine-tuning's recovery after pruning that needs no learning. Each
+    layer's ``momentum`` and every module's train/eval flag are restored. Returns the model.
+    """
+    check_module(model)
+    _check_loader(loader, "loader")
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        raise ValueError("the model has no BatchNorm layer whose statistics could be re-estimated")
+    if not all(m.track_running_stats for m in norms):
+        raise ValueError("every BatchNorm layer must track running statistics (track_running_stats=True)")
+    device = torch.device(device) if device is not None else _model_device(model)
+    momenta = [m.momentum for m in norms]
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
+    seen = 0
+    try:
+        with train_mode(model), torch.no_grad():
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None  # a cumulative (equal-weight) average over the batches
+            for batch in loader:
+                model(batch[0].to(device))
+                seen += len(batch[0])
+        if seen == 0:
+            raise ValueError("loader yielded no samples")
+    except BaseException:
+        for m, state in zip(norms, before):  # a failed re-estimation leaves the old statistics in place
+            m.load_state_dict(state)
+        raise
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    return model
 
 
 def _logits(model: nn.Module, X: torch.Tensor, batch_size: int = 500) -> torch.Tensor:

@@ -332,3 +332,36 @@ def _copy(model):
     import copy
 
     return copy.deepcopy(model)
+
+
+def test_reestimate_batchnorm_matches_the_pooled_statistics_and_changes_no_weight():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    model(torch.randn(2, 1, 6, 6))  # materialise the lazy layer
+    model.eval()
+    X = torch.randn(12, 1, 6, 6) * 3 + 1
+    ds = data.ImageTensorDataset(X, torch.zeros(12, dtype=torch.long))
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    train.reestimate_batchnorm(model, data.BatchLoader(ds, 4))
+    bn = model[1]
+    with torch.no_grad():
+        z = model[0](X)  # [12, 4, 4, 4]
+    # an equal-weight average of the three batches' means and unbiased variances
+    batches = z.split(4)
+    assert torch.allclose(bn.running_mean, torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, torch.stack([b.var((0, 2, 3), unbiased=True) for b in batches]).mean(0),
+                          atol=1e-4)
+    assert bn.momentum == 0.1 and not model.training and not bn.training  # momentum and mode restored
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())  # no weight moved
+
+
+def test_reestimate_batchnorm_refuses_what_it_cannot_do():
+    ds = data.ImageTensorDataset(torch.randn(4, 1, 6, 6), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        train.reestimate_batchnorm(nn.Sequential(nn.Flatten(), nn.Linear(36, 2)), data.BatchLoader(ds, 2))
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, momentum=0.3))
+    model[1].running_mean.fill_(2.0)
+    with pytest.raises(ValueError, match="no samples"):
+        train.reestimate_batchnorm(model, [])
+    assert model[1].momentum == 0.3 and model.training  # untouched flags after the refusal
+    assert torch.equal(model[1].running_mean, torch.full((2,), 2.0))  # and the old statistics kept
