@@ -20,7 +20,7 @@ from ._validate import PRUNABLE, check_ints, check_module, check_tensor
 from .masks import pruned_tensors
 
 __all__ = ["sparsity", "model_sparsity", "count_parameters", "model_size", "count_macs", "summarize",
-           "effective_parameters", "weight_sparsity", "layer_sparsities", "conv_widths"]
+           "effective_parameters", "weight_sparsity", "layer_sparsities", "conv_widths", "nonzero_macs"]
 
 
 def sparsity(t: torch.Tensor) -> float:
@@ -120,6 +120,41 @@ def count_macs(model: nn.Module, inputs) -> int:
     with eval_mode(model), torch.no_grad():
         macs = profile_macs(model, x.to(device))
     return int(math.ceil(macs / x.shape[0]))
+
+
+def nonzero_macs(model: nn.Module, inputs) -> int:
+    """Multiply-accumulates with a **non-zero** weight, for one sample, over every Conv2d and Linear layer.
+
+    What a kernel that skipped every zero weight would still compute: each layer's weight non-zeros times the
+    number of output positions each is applied at (a convolution's output height × width). Unlike
+    :func:`count_macs` it counts no other operation, so a dense model's figure is its convolutions' and linear
+    layers' MACs. It says how much compute a pruned model keeps, not how fast it runs (chapter 03).
+
+    Args:
+        inputs: an example batch [N, C, H, W] or an input size ``(C, H, W)``.
+    """
+    check_module(model)
+    x = _example_inputs(inputs)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not layers:
+        raise ValueError("the model has no Conv2d or Linear layer whose MACs could be counted")
+    total = 0
+
+    def count(module, _inputs, output):
+        nonlocal total
+        out_features = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+        positions = output[0].numel() // out_features  # output positions per sample and output channel
+        total += positions * int(module.weight.count_nonzero())
+
+    handles = [m.register_forward_hook(count) for m in layers]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(x[:1].to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
 
 
 def summarize(model: nn.Module, input_size: tuple = (1, 28, 28), device: torch.device | str | None = None) -> str:

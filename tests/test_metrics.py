@@ -94,3 +94,24 @@ def test_conv_widths_lists_every_convolution_in_module_order():
     assert metrics.conv_widths(nn.Linear(2, 2)) == []
     with pytest.raises(TypeError, match="torch.nn.Module"):
         metrics.conv_widths([4, 6])
+
+
+def test_nonzero_macs_counts_each_non_zero_weight_at_every_output_position():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 5))
+    conv, fc = model[0], model[4]
+    dense = 6 * 6 * conv.weight.numel() + fc.weight.numel()  # the conv's weights at 36 positions, fc's once
+    assert metrics.nonzero_macs(model, (2, 6, 6)) == dense
+    assert metrics.nonzero_macs(model, torch.randn(7, 2, 6, 6)) == dense  # per sample, whatever the batch
+    with torch.no_grad():
+        conv.weight[:, 0] = 0  # half of the conv's weights
+    assert metrics.nonzero_macs(model, (2, 6, 6)) == 36 * conv.weight.numel() // 2 + fc.weight.numel()
+    prune.l1_unstructured(fc, "weight", amount=0.4)  # a prune-masked layer counts its masked weight
+    assert metrics.nonzero_macs(model, (2, 6, 6)) == 36 * conv.weight.numel() // 2 + 180 - 72  # 40 % of 180 gone
+    assert not any(m._forward_hooks for m in (conv, fc) if not hasattr(m, "weight_mask"))  # hooks removed
+    assert model.training  # mode restored
+
+
+def test_nonzero_macs_refuses_a_model_without_conv_or_linear():
+    with pytest.raises(ValueError, match="no Conv2d or Linear"):
+        metrics.nonzero_macs(nn.Sequential(nn.ReLU()), (1, 4, 4))
