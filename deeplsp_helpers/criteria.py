@@ -108,8 +108,11 @@ def gradient(model: nn.Module, batches: Iterable) -> dict[str, torch.Tensor]:
 def taylor(model: nn.Module, batches: Iterable) -> dict[str, torch.Tensor]:
     """First-order Taylor estimate of the loss change when w is removed: mean over batches of |w * dL/dw|.
 
-    Molchanov et al., "Pruning Convolutional Neural Networks for Resource Efficient Inference",
-    arXiv:1611.06440 (and "Importance Estimation for Neural Network Pruning", arXiv:1906.10771).
+    The per-weight form of the first-order Taylor criterion (as Torch-Pruning's ``TaylorImportance`` computes it).
+    Its papers differ in detail: Molchanov et al., "Pruning Convolutional Neural Networks for Resource Efficient
+    Inference", arXiv:1611.06440, score a whole feature map by |mean(a * dL/da)| over its activations a;
+    "Importance Estimation for Neural Network Pruning", arXiv:1906.10771, square the term, (w * dL/dw)^2, which is
+    twice ``obd(..., fisher="batch")``.
     """
     return _batch_mean(model, batches, lambda w, g: (w * g).abs())
 
