@@ -394,6 +394,24 @@ def test_prune_one_shot_magnitude_matches_the_row_mask_and_sparsegpt_updates_kep
         assert not torch.equal(tpr.block_linears(sgpt)[name].weight[kept], w[kept])  # corrected, not just masked
 
 
+def test_prune_one_shot_separates_the_mask_from_the_update():
+    model = _tiny_gpt()
+    calib = [torch.randint(0, 256, (4, 16))]
+    mag_updated = tpr.prune_one_shot(model, calib, "magnitude", (2, 4), update=True)
+    sgpt_mask_only = tpr.prune_one_shot(model, calib, "sparsegpt", (2, 4), update=False)
+    first = [n for n in tpr.block_linears(model) if n.startswith("blocks.0.")]  # inputs not yet changed by pruning
+    for name, layer in tpr.block_linears(model).items():
+        w = layer.weight.detach()
+        updated, masked = tpr.block_linears(mag_updated)[name].weight, tpr.block_linears(sgpt_mask_only)[name].weight
+        if name in first:  # magnitude's own 2:4 zeros, the kept weights corrected
+            assert torch.equal(updated != 0, tpr.mask_from_scores(w.abs(), (2, 4)).bool())
+        assert not torch.equal(updated[updated != 0], w[updated != 0])
+        assert torch.equal(masked[masked != 0], w[masked != 0])  # SparseGPT's mask, weights not moved
+        assert int((masked == 0).sum()) == w.numel() // 2
+    with pytest.raises(TypeError, match="update must be"):
+        tpr.prune_one_shot(model, calib, "wanda", 0.5, update="yes")
+
+
 def test_prune_one_shot_rejects_bad_input():
     model = _tiny_gpt()
     calib = [torch.randint(0, 256, (2, 16))]

@@ -1,6 +1,7 @@
 """One-shot pruning of every block linear of a transformer, block by block, as Wanda and SparseGPT do it.
 
-:func:`prune_one_shot` is the loop chapter 09 runs (chapter 08 writes the same loop out in its notebook): for each
+:func:`prune_one_shot` is the loop chapters 08 and 09 run (chapter 08 also separates SparseGPT's mask from its update
+with ``update=``): for each
 block in order, the calibration inputs are run through the model *as pruned so far*, each linear's input
 statistics (the Hessian ``X Xᵀ``, whose diagonal gives Wanda's input norms) are collected, and its weights are
 masked, by magnitude or Wanda within output rows (or N:M groups), or by SparseGPT's solver, which also corrects
@@ -24,7 +25,8 @@ __all__ = ["ONE_SHOT_METHODS", "prune_one_shot"]
 ONE_SHOT_METHODS = ("magnitude", "wanda", "sparsegpt")
 
 
-def prune_one_shot(model: nn.Module, batches: Iterable, method: str, pattern: float | tuple[int, int]) -> nn.Module:
+def prune_one_shot(model: nn.Module, batches: Iterable, method: str, pattern: float | tuple[int, int], *,
+                   update: bool | None = None) -> nn.Module:
     """A pruned copy of ``model`` (``model`` itself is unchanged), no fine-tuning.
 
     Args:
@@ -38,12 +40,19 @@ def prune_one_shot(model: nn.Module, batches: Iterable, method: str, pattern: fl
             rows of each block of 128 columns, so its rows may differ while the layer is at that sparsity; or
             ``(n, m)``: n *kept* of every m consecutive inputs of a row (the reference code of Wanda and SparseGPT
             counts the n pruned; for 2:4 and 4:8 the two agree).
+        update: whether the weights that stay get SparseGPT's correction. Default: only for ``"sparsegpt"``, as
+            the papers do. ``update=True`` with magnitude or Wanda applies the correction on that method's mask;
+            ``update=False`` with SparseGPT keeps its mask and drops its correction (an ablation).
 
     Magnitude here compares weights within each output row, as Wanda does; the Wanda repository's magnitude
     baseline compares them across the whole layer (a weaker baseline).
     """
     if method not in ONE_SHOT_METHODS:
         raise ValueError(f"method must be one of {', '.join(ONE_SHOT_METHODS)}, got {method!r}")
+    if update is None:
+        update = method == "sparsegpt"
+    elif not isinstance(update, bool):
+        raise TypeError(f"update must be True, False or None (the method's own choice), got {update!r}")
     if not isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)):
         raise TypeError(f"model must keep its transformer blocks in model.blocks, got {type(model).__name__}")
     batches = list(batches)
@@ -52,14 +61,15 @@ def prune_one_shot(model: nn.Module, batches: Iterable, method: str, pattern: fl
     pruned = copy.deepcopy(model)
     for b in range(len(pruned.blocks)):
         layers = {n: m for n, m in block_linears(pruned).items() if n.startswith(f"blocks.{b}.")}
-        hessians = input_hessian(pruned, layers, batches) if method != "magnitude" else {}
+        hessians = input_hessian(pruned, layers, batches) if method != "magnitude" or update else {}
         with torch.no_grad():
             for name, layer in layers.items():
                 w = layer.weight
                 if method == "sparsegpt":
-                    new_w = sparsegpt_prune(w, hessians[name], pattern)[0]
+                    updated, mask = sparsegpt_prune(w, hessians[name], pattern)
                 else:
                     scores = w.abs() if method == "magnitude" else wanda_scores(w, hessians[name].diagonal().sqrt())
-                    new_w = w * mask_from_scores(scores, pattern)
-                w.copy_(new_w.to(w.dtype))
+                    mask = mask_from_scores(scores, pattern)
+                    updated = sparsegpt_prune(w, hessians[name], mask=mask)[0] if update else None
+                w.copy_((updated if update else w * mask).to(w.dtype))
     return pruned
