@@ -113,7 +113,8 @@ def test_results_and_readme_table_come_from_the_notebooks(tmp_path):
     text, table = out.read_text(), readme.read_text()
     for path in NOTEBOOKS:
         nb = nbformat.read(str(path), 4)
-        assert f"## {path.stem}" in text and editions.summary_text(nb) in text
+        assert f"## {path.stem}" in text and editions.summary_output(nb) in text
+        assert all(line in text for line in editions.summary_text(nb).splitlines())
         assert editions.headline(nb) in table
         assert editions.wall_time(nb) > 0
         slowest = editions.cell_times(nb)[0]
@@ -127,3 +128,11 @@ def test_cli_rejects_an_unknown_edition():
     with pytest.raises(SystemExit) as info:
         editions.main(["pdf"])
     assert info.value.code == 2
+
+
+def test_html_tables_become_aligned_text_rows():
+    markup = ("<style>td {color: red}</style><table><thead><tr><th></th><th>val %</th></tr></thead>"
+              "<tbody><tr><th>dense</th><td>93.40</td></tr><tr><th>DeepLSP 3x</th><td>92.98</td></tr></tbody></table>")
+    assert editions.html_table_text(markup).splitlines() == ["            val %", "dense       93.40",
+                                                             "DeepLSP 3x  92.98"]
+    assert editions.html_table_text("<p>no table</p>") == ""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import html.parser
 import re
 import sys
 from datetime import datetime
@@ -189,6 +190,59 @@ def summary_text(nb) -> str:
     return "".join(o.get("text", "") for o in cells[0].outputs if o.output_type == "stream").rstrip()
 
 
+class _TableText(html.parser.HTMLParser):
+    """The rows of an HTML table (a pandas Styler's output) as lists of cell texts; styles and scripts skipped."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self._cell, self._skip = [], None, 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("style", "script"):
+            self._skip += 1
+        elif tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th") and self.rows:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("style", "script"):
+            self._skip -= 1
+        elif tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None and not self._skip:
+            self._cell.append(data)
+
+
+def html_table_text(markup: str) -> str:
+    """An HTML table as aligned plain text, one line per row (columns padded to their widest cell)."""
+    parser = _TableText()
+    parser.feed(markup)
+    rows = [r for r in parser.rows if any(r)]
+    if not rows:
+        return ""
+    width = max(len(r) for r in rows)
+    rows = [r + [""] * (width - len(r)) for r in rows]
+    sizes = [max(len(r[k]) for r in rows) for k in range(width)]
+    return "\n".join("  ".join(c.ljust(n) for c, n in zip(r, sizes)).rstrip() for r in rows)
+
+
+def summary_output(nb) -> str:
+    """Everything the cell tagged ``summary`` shows, in order: printed text, and its tables as aligned text."""
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "summary" in _tags(c))
+    summary_text(nb)  # exactly one such cell
+    parts = []
+    for o in cell.outputs:
+        if o.output_type == "stream":
+            parts.append(o.get("text", ""))
+        elif "text/html" in o.get("data", {}) and "<table" in o["data"]["text/html"]:
+            parts.append(html_table_text(o["data"]["text/html"]) + "\n")
+    return "".join(parts).rstrip()
+
+
 def headline(nb) -> str:
     lines = [ln for ln in summary_text(nb).splitlines() if ln.startswith("Headline:")]
     if len(lines) != 1:
@@ -208,7 +262,7 @@ def executed_on(root: Path | str = ROOT) -> str:
 
 
 def write_results(root: Path | str = ROOT, out: Path | str | None = None, readme: Path | str | None = None) -> Path:
-    """RESULTS.md (per chapter: wall time and the summary cell's output) and README's results table."""
+    """RESULTS.md (per chapter: wall time and the summary cell's output, tables as text) and README's results table."""
     root = Path(root)
     out = Path(out) if out else root / "RESULTS.md"
     readme = Path(readme) if readme else root / "README.md"
@@ -225,7 +279,7 @@ def write_results(root: Path | str = ROOT, out: Path | str | None = None, readme
         total += secs or 0.0
         slow = "; ".join(f"cell {i}: {t:.0f} s (`{src[:60]}`)" for t, i, src in cell_times(nb)[:SLOW_CELLS])
         parts += [f"## {path.stem}: {_title(nb)}", "", f"Wall time: {_minutes(secs)}", "",
-                  f"Slowest cells: {slow}", "", "```", summary_text(nb), "```", ""]
+                  f"Slowest cells: {slow}", "", "```", summary_output(nb), "```", ""]
         table.append(f"| [{path.stem}](notebooks/{path.name}) | {_minutes(secs)} | {headline(nb)} |")
     table.append(f"| all | {_minutes(total)} | |")
     results = "\n".join(parts)
