@@ -14,7 +14,7 @@ exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 
 # Notebooks: the committed outputs, as they are
 nb_execution_mode = "off"
-nb_merge_streams = True  # one block per cell for interleaved prints
+nb_merge_streams = False  # outputs in the order the cell produced them (a print after a table stays after it)
 nb_ipywidgets_js = {}  # no require.js / widget manager from a CDN (the build drops widget outputs)
 myst_enable_extensions = ["dollarmath", "amsmath"]  # $…$, $$…$$ and \begin{align} as in JupyterLab
 myst_heading_anchors = 3
@@ -39,4 +39,5 @@ html_theme_options = {
 # light unless the reader picks another mode (the figures are drawn on white); without a default the
 # theme logs a console error on a first visit
 html_context = {"default_mode": "light"}
+html_css_files = ["tables.css"]  # result tables: rules, padding, numbers aligned right
 html_js_files = ["offline_search.js"]  # search from file://: no per-hit page fetch (see the file)
