@@ -52,8 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m deeplsp_helpers.deeplsp",
                                 description="Prune a pretrained reference model with the DeepLSP pipeline, print "
                                             "the per-stage report and save a deployable model. The defaults are "
-                                            "chapter 06's validated recipe (deeplsp_helpers.recipe.DeepLSPRecipe): "
-                                            f"a requested {R.target_speedup:g}x at batch size {R.request_batch_size}, "
+                                            "chapter 06's recipe (deeplsp_helpers.recipe.DeepLSPRecipe): "
+                                            f"a requested {R.target_speedup:g}x at batch size {R.request_batch_size} "
+                                            "(the largest request chapter 06's search kept within 1 point in most "
+                                            "runs; its widths follow this machine's latency table), "
                                             f"cost {R.cost}, {R.nonzero_factor:g}x fewer non-zero parameters "
                                             "(sensitivity-adaptive), fine-tuning distilled from the dense model.")
     p.add_argument("--model", required=True, type=_cnn_name, choices=CNN_NAMES,
