@@ -16,6 +16,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from .._validate import check_bool
 from .sparsegpt import sparsegpt_prune
 from .sublayers import block_linears, input_hessian
 from .wanda import mask_from_scores, wanda_scores
@@ -49,10 +50,7 @@ def prune_one_shot(model: nn.Module, batches: Iterable, method: str, pattern: fl
     """
     if method not in ONE_SHOT_METHODS:
         raise ValueError(f"method must be one of {', '.join(ONE_SHOT_METHODS)}, got {method!r}")
-    if update is None:
-        update = method == "sparsegpt"
-    elif not isinstance(update, bool):
-        raise TypeError(f"update must be True, False or None (the method's own choice), got {update!r}")
+    update = method == "sparsegpt" if update is None else check_bool(update, "update")  # None: the method's own
     if not isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)):
         raise TypeError(f"model must keep its transformer blocks in model.blocks, got {type(model).__name__}")
     batches = list(batches)
