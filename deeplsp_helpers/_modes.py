@@ -1,4 +1,5 @@
-"""Train/eval mode for the length of a ``with`` block, every module's own flag restored afterwards.
+"""Train/eval mode for the length of a ``with`` block, every module's own flag restored afterwards; and the
+calibration loop that runs batches through a model in eval mode for its forward hooks.
 
 Imports nothing from the package, so every module can import it.
 """
@@ -6,11 +7,12 @@ Imports nothing from the package, so every module can import it.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterable, Iterator
 
+import torch
 from torch import nn
 
-__all__ = ["eval_mode", "train_mode"]
+__all__ = ["eval_mode", "train_mode", "run_hooked"]
 
 
 @contextlib.contextmanager
@@ -37,3 +39,24 @@ def eval_mode(*models: nn.Module) -> contextlib.AbstractContextManager[None]:
 def train_mode(*models: nn.Module) -> contextlib.AbstractContextManager[None]:
     """As :func:`eval_mode`, with the models in train mode for the block."""
     return _mode(models, True)
+
+
+def run_hooked(model: nn.Module, batches: Iterable, handles: list) -> None:
+    """Run the calibration ``batches`` (``X`` tensors or ``(X, y)`` pairs; labels unused) through ``model`` in eval
+    mode without gradients, so that the forward hooks behind ``handles`` record what they need; then remove the
+    hooks, also when a batch fails. ``TypeError`` for a batch that is no tensor, ``ValueError`` when ``batches``
+    is empty."""
+    n = 0
+    try:
+        with eval_mode(model), torch.no_grad():
+            for batch in batches:
+                X = batch[0] if isinstance(batch, (tuple, list)) else batch
+                if not isinstance(X, torch.Tensor):
+                    raise TypeError(f"a calibration batch must be a tensor or an (X, y) pair, got {type(batch).__name__}")
+                model(X)
+                n += 1
+    finally:
+        for h in handles:
+            h.remove()
+    if n == 0:
+        raise ValueError("batches is empty: give at least one calibration batch")

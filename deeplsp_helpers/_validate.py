@@ -27,11 +27,11 @@ def check_batch(x, name: str = "example_inputs") -> None:
 
 
 def check_tensor(t, name: str = "tensor", *, floating: bool = False, ndim: int | None = None, min_ndim: int = 0,
-                 dims: str = "", finite: bool = False) -> torch.Tensor:
-    """``t.detach()`` if ``t`` is a non-empty tensor; ``floating``: of a floating-point dtype; ``ndim``: with exactly
-    that many dimensions (``dims`` names them in the message, e.g. ``" [out_features, in_features]"``);
-    ``min_ndim``: at least that many; ``finite``: no NaN or infinity. ``TypeError`` for a non-tensor or a wrong
-    dtype, ``ValueError`` otherwise."""
+                 dims: str = "", finite: bool = False, allow_empty: bool = False) -> torch.Tensor:
+    """``t.detach()`` if ``t`` is a non-empty tensor (``allow_empty``: or an empty one); ``floating``: of a
+    floating-point dtype; ``ndim``: with exactly that many dimensions (``dims`` names them in the message, e.g.
+    ``" [out_features, in_features]"``); ``min_ndim``: at least that many; ``finite``: no NaN or infinity.
+    ``TypeError`` for a non-tensor or a wrong dtype, ``ValueError`` otherwise."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if floating and not t.is_floating_point():
@@ -40,38 +40,46 @@ def check_tensor(t, name: str = "tensor", *, floating: bool = False, ndim: int |
         raise ValueError(f"{name} must have {ndim} dimensions{dims}, got shape {tuple(t.shape)}")
     if t.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(t.shape)}")
-    if t.numel() == 0:
+    if t.numel() == 0 and not allow_empty:
         raise ValueError(f"{name} is empty")
     if finite:
         check_finite(t, name)
     return t.detach()
 
 
-def _int_error(value, name: str, lowest: int, highest: int | None) -> str | None:
-    """The message for ``value`` unless it is an int (not a bool) from ``lowest`` to ``highest`` (None: no top)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < lowest \
-            or (highest is not None and value > highest):
-        bounds = f">= {lowest}" if highest is None else f"in {lowest}..{highest}"
-        return f"{name} must be an int {bounds}, got {value!r}"
-    return None
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_int(value, name: str, lowest: int, highest: int | None = None) -> int:
-    """``value`` itself if it is an int from ``lowest`` to ``highest`` (``None``: no top); ``TypeError`` for a value
-    that is no int (bools refused), ``ValueError`` for one out of range; the same message either way."""
-    message = _int_error(value, name, lowest, highest)
-    if message:
-        raise (TypeError if isinstance(value, bool) or not isinstance(value, int) else ValueError)(message)
+def check_int(value, name: str, lowest: int | None, highest: int | None = None) -> int:
+    """``value`` itself if it is an int from ``lowest`` to ``highest`` (``None``: no bound; ``lowest=None``: any int);
+    ``TypeError`` for a value that is no int (bools refused), ``ValueError`` for one out of range; the same message
+    either way."""
+    in_range = _is_int(value) and (lowest is None or value >= lowest) and (highest is None or value <= highest)
+    if not in_range:
+        bounds = "" if lowest is None else f" >= {lowest}" if highest is None else f" in {lowest}..{highest}"
+        raise (ValueError if _is_int(value) else TypeError)(f"{name} must be an int{bounds}, got {value!r}")
     return value
 
 
 def check_ints(*specs: tuple) -> None:
-    """``ValueError`` unless each ``(name, value, lowest)`` or ``(name, value, lowest, highest)`` has an int
-    ``value`` in that range (bools refused; a wrong type is a ``ValueError`` here too)."""
+    """:func:`check_int` on each ``(name, value, lowest)`` or ``(name, value, lowest, highest)``, in order: the same
+    ``TypeError`` for a value that is no int (bools refused) and ``ValueError`` for one out of range."""
     for name, v, lo, *hi in specs:
-        message = _int_error(v, name, lo, hi[0] if hi else None)
-        if message:
-            raise ValueError(message)
+        check_int(v, name, lo, hi[0] if hi else None)
+
+
+def check_shape(shape, name: str = "input_size", *, min_len: int = 1, example: str = "(1, 28, 28)") -> tuple[int, ...]:
+    """``tuple(shape)`` if ``shape`` is a tuple or list of at least ``min_len`` sizes, each an int >= 1 (e.g. an
+    input size ``(C, H, W)``). ``TypeError`` for anything else or an entry that is no int (bools refused: ``True``
+    is no size 1), ``ValueError`` for too few sizes or a size below 1."""
+    count = f"at least {min_len} " if min_len > 1 else ""
+    message = f"{name} must be a tuple of {count}positive ints such as {example}, got {shape!r}"
+    if not isinstance(shape, (tuple, list)) or not all(_is_int(d) for d in shape):
+        raise TypeError(message)
+    if len(shape) < min_len or any(d < 1 for d in shape):
+        raise ValueError(message)
+    return tuple(shape)
 
 
 def check_number(value, name: str, lowest: float, *, strict: bool = True, hint: str = "") -> float:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ._modes import eval_mode
-from ._validate import PRUNABLE, check_module, check_number
+from ._validate import PRUNABLE, check_int, check_module, check_number
 
 __all__ = ["prunable_layers", "layer_scores", "random_scores", "magnitude", "gradient", "taylor", "obd", "bn_scale"]
 
@@ -174,8 +174,8 @@ def obd(model: nn.Module, batches: Iterable, fisher: str = "per_example",
     """
     if fisher not in ("per_example", "batch"):
         raise ValueError(f"fisher must be 'per_example' or 'batch', got {fisher!r}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    if chunk_size is not None:
+        check_int(chunk_size, "chunk_size", 1)
     layers = prunable_layers(model)
     if fisher == "batch":
         diag = _batch_mean(model, batches, lambda w, g: g.pow(2))

@@ -27,10 +27,10 @@ from torch import nn
 from torch.nn.utils import prune
 
 from . import criteria, metrics
-from ._validate import check_fraction, check_ints, check_module, check_number
+from ._validate import check_fraction, check_ints, check_module, check_number, check_shape
 from .criteria import prunable_layers
 from .latency import compare_speedups
-from .masks import pruned_tensors
+from .masks import hooked_tensors, pruned_tensors
 from .structured import LatencyAwareImportance, structured_channel_pruning
 
 __all__ = ["compute_sensitivity", "prune_sensitivity_adaptive", "prune_latency_aware", "apply_unstructured_pruning",
@@ -57,8 +57,9 @@ def compute_sensitivity(model: nn.Module, batches: Iterable | None = None, *, du
     """
     layers = prunable_layers(model)
     if dummy:
-        if not input_shape or not all(isinstance(d, int) and d > 0 for d in input_shape) or len(input_shape) < 2:
+        if input_shape is None:
             raise ValueError("dummy=True needs input_shape, a batch shape such as (8, 1, 28, 28)")
+        input_shape = check_shape(input_shape, "input_shape", min_len=2, example="(8, 1, 28, 28)")
         gen = torch.Generator().manual_seed(seed)
         batches = [(torch.randn(*input_shape, generator=gen),
                     torch.randint(0, num_classes, (input_shape[0],), generator=gen))]
@@ -173,7 +174,7 @@ def remove_pruning_masks(model: nn.Module) -> nn.Module:
     """Make every prune mask permanent: plain ``weight`` parameters, no ``*_orig``/``*_mask`` keys, no hooks."""
     check_module(model)
     for m in model.modules():
-        hooked = {h._tensor_name for h in m._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)}
+        hooked = hooked_tensors(m)
         for name in pruned_tensors(m):
             if name in hooked:
                 prune.remove(m, name)
@@ -192,8 +193,7 @@ def deployable_copy(model: nn.Module) -> nn.Module:
     ``copy.deepcopy`` fails on a masked model after a forward pass (its ``weight`` is then a computed,
     non-leaf tensor), so the computed weights are detached for the copy.
     """
-    hooked = [(m, h._tensor_name) for m in model.modules() for h in m._forward_pre_hooks.values()
-              if isinstance(h, prune.BasePruningMethod)]
+    hooked = [(m, name) for m in model.modules() for name in hooked_tensors(m)]
     saved = [(m, name, getattr(m, name)) for m, name in hooked]
     try:
         for m, name, t in saved:
@@ -288,9 +288,8 @@ def apply_combined_pruning(model: nn.Module, example_inputs: torch.Tensor, struc
     if nonzero_factor is not None:
         if u_ratio:
             raise ValueError("give unstructured_ratio or nonzero_factor, not both")
-        if isinstance(nonzero_factor, bool) or not isinstance(nonzero_factor, (int, float)) or not nonzero_factor >= 1:
-            raise ValueError(f"nonzero_factor must be a number >= 1 (how many times fewer non-zero parameters than "
-                             f"the input model), got {nonzero_factor!r}")
+        check_number(nonzero_factor, "nonzero_factor", 1, strict=False,
+                     hint=" (how many times fewer non-zero parameters than the input model)")
     if not isinstance(example_inputs, torch.Tensor) or example_inputs.ndim != 4:
         raise TypeError("example_inputs must be a batch tensor [N, C, H, W]")
     if cost_measure not in ("latency", "macs", None):

@@ -235,9 +235,8 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     """
     onnx_path = _existing_file(onnx_path, "onnx_path")
     out_path = _check_path(out_path, "out_path")
-    for name, flag in (("per_channel", per_channel), ("reduce_range", reduce_range)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    check_bool(per_channel, "per_channel")
+    check_bool(reduce_range, "reduce_range")
     arrays = _calibration_arrays(calibration_batches)
     try:
         graph_inputs = onnx.load(str(onnx_path), load_external_data=False).graph.input

@@ -48,7 +48,7 @@ from torch import nn
 
 from . import speedup
 from ._modes import eval_mode, train_mode
-from ._validate import PRUNABLE, check_batch, check_bool, check_ints, check_module, check_number
+from ._validate import PRUNABLE, check_batch, check_bool, check_int, check_ints, check_module, check_number
 from .channels import collapse_channels, coupled_groups, layer_widths, output_layers
 from .latency_model import LatencyTable, _input_shapes
 
@@ -348,8 +348,7 @@ def progressive_fine_tune(finetune_data, steps: int, *, num_epochs: int, lr: flo
     marks = [math.floor(total * prune_fraction * k / steps) for k in range(steps)] + [total]
 
     def fine_tune(model: nn.Module, step: int) -> None:
-        if not (isinstance(step, int) and 1 <= step <= steps):
-            raise ValueError(f"step must be 1..{steps} (this schedule was made for {steps} steps), got {step!r}")
+        check_int(step, "step", 1, steps)  # the schedule was made for `steps` steps
         start, stop = marks[step - 1], marks[step]
         if stop > start:
             loader = data.BatchLoader(finetune_data, batch_size, shuffle=True, seed=seed)  # the same order each call

@@ -9,7 +9,6 @@ and another runtime are timed in the same run.
 
 from __future__ import annotations
 
-import math
 import random
 import statistics
 import time
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from ._modes import eval_mode
-from ._validate import check_batch, check_ints
+from ._validate import check_batch, check_ints, check_number
 
 __all__ = ["LatencyStats", "Speedup", "measure_latency", "compare_latency", "compare_speedups", "paired_speedup",
            "time_calls"]
@@ -132,8 +131,9 @@ def paired_speedup(baseline_times: list[float], times: list[float]) -> Speedup:
         raise TypeError("baseline_times and times must be lists of seconds, one per round")
     if len(baseline_times) != len(times) or len(times) < 3:
         raise ValueError(f"need the same number (>= 3) of rounds for both, got {len(baseline_times)} and {len(times)}")
-    if not all(isinstance(t, (int, float)) and t > 0 and math.isfinite(t) for t in (*baseline_times, *times)):
-        raise ValueError("times must be positive finite numbers of seconds")
+    for name, values in (("baseline_times", baseline_times), ("times", times)):
+        for t in values:
+            check_number(t, name, 0, hint=" (positive, finite seconds)")
     ratios = [b / t for b, t in zip(baseline_times, times)]
     low, high = _bootstrap_median(ratios)
     return Speedup(statistics.median(ratios), low, high, len(ratios))

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ._modes import eval_mode
-from ._validate import PRUNABLE, check_batch, check_ints, check_module
+from ._validate import PRUNABLE, check_batch, check_ints, check_module, check_number
 from .channels import is_depthwise, layer_widths, prunable_dims, table_layers, uniform_channel_pruning
 from .files import atomic_write, regular_file
 from .latency import time_calls
@@ -278,10 +278,6 @@ class LatencyTable:
                 f"torch {m['torch']}, {m['machine']}, dense predicted {self.dense_ms:.3f} ms)")
 
 
-def _finite(v, low: float = 0.0) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= low
-
-
 def _check_contents(meta, layers, residual) -> None:
     """``ValueError`` naming the first entry that is not what :meth:`LatencyTable.measure` writes: milliseconds
     finite and >= 0, grids of positive widths that match the ``ms`` rows and columns, a usable residual curve."""
@@ -292,23 +288,25 @@ def _check_contents(meta, layers, residual) -> None:
     for name, e in layers.items():
         try:
             cin_grid, cout_grid, ms, dense = e["cin_grid"], e["cout_grid"], e["ms"], e["dense"]
-            ok_grids = all(isinstance(g, list) and g and all(_finite(w) and w == int(w) for w in g)
-                           and all(a < b for a, b in zip(g, g[1:]))
-                           for g in (cin_grid, cout_grid))
-            ok_dense = len(dense) == 2 and all(_finite(w, 1) and w == int(w) for w in dense)
-            ok_shape = len(ms) == len(cin_grid) and all(len(row) == len(cout_grid) for row in ms)
             e["depthwise"], e["out_positions"], e["signature"]  # noqa: B018 - present
+            ok_shape = (all(isinstance(g, list) and g for g in (cin_grid, cout_grid)) and len(dense) == 2
+                        and len(ms) == len(cin_grid) and all(len(row) == len(cout_grid) for row in ms))
+            widths = [check_number(w, f"layer {name!r}: a grid width", 0, strict=False) for w in (*cin_grid, *cout_grid)]
+            widths += [check_number(w, f"layer {name!r}: a dense width", 1, strict=False) for w in dense]
+            for row in ms:
+                for v in row:
+                    check_number(v, f"layer {name!r}: a latency (ms)", 0, strict=False)
         except (KeyError, TypeError) as err:
             raise ValueError(f"layer {name!r}: entry lacks or mistypes {err}") from None
-        if not (ok_grids and ok_dense and ok_shape):
+        if not (ok_shape and all(a < b for g in (cin_grid, cout_grid) for a, b in zip(g, g[1:]))
+                and all(w.is_integer() for w in widths)):
             raise ValueError(f"layer {name!r}: its grids, dense widths and ms table do not fit together")
-        bad = [v for row in ms for v in row if not _finite(v)]
-        if bad:
-            raise ValueError(f"layer {name!r}: latencies must be finite and >= 0 ms, got {bad[0]!r}")
-    if not isinstance(residual, list) or not residual or not all(
-            isinstance(pt, (list, tuple)) and len(pt) == 2 and _finite(pt[0]) and _finite(pt[1]) for pt in residual):
-        raise ValueError(f"residual must be a non-empty list of [activation fraction, ms] pairs, finite and >= 0, "
-                         f"got {str(residual)[:80]}")
+    if not isinstance(residual, list) or not residual or not all(isinstance(pt, (list, tuple)) and len(pt) == 2
+                                                                 for pt in residual):
+        raise ValueError(f"residual must be a non-empty list of [activation fraction, ms] pairs, got {str(residual)[:80]}")
+    for fraction, point_ms in residual:
+        check_number(fraction, "a residual activation fraction", 0, strict=False)
+        check_number(point_ms, "a residual latency (ms)", 0, strict=False)
     if len({float(pt[0]) for pt in residual}) != len(residual):
         raise ValueError("residual lists an activation fraction twice")
 

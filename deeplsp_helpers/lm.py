@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._modes import eval_mode, train_mode
+from ._modes import eval_mode, run_hooked, train_mode
 from ._validate import check_bool, check_int, check_module, check_number
 from .text_data import encode, eval_windows, random_windows
 
@@ -224,22 +224,6 @@ def _check_batches(batches) -> Iterable:
     return batches
 
 
-def _run_hooked(model: nn.Module, batches: Iterable, handles: list) -> None:
-    """Run the calibration ``batches`` (tensors or ``(X, y)`` pairs) through ``model`` in eval mode without
-    gradients, so that the forward hooks behind ``handles`` record what they need; then remove the hooks."""
-    n = 0
-    try:
-        with eval_mode(model), torch.no_grad():
-            for x in batches:
-                model(x[0] if isinstance(x, (tuple, list)) else x)
-                n += 1
-    finally:
-        for h in handles:
-            h.remove()
-    if n == 0:
-        raise ValueError("batches is empty: give at least one calibration batch")
-
-
 def _block_io(model: nn.Module, batches: Iterable) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
     batches = _check_batches(batches)
     records = [[] for _ in model.blocks]
@@ -249,7 +233,7 @@ def _block_io(model: nn.Module, batches: Iterable) -> list[list[tuple[torch.Tens
             records[b].append((inputs[0].detach(), output.detach()))
         return fn
 
-    _run_hooked(model, batches, [blk.register_forward_hook(hook(b)) for b, blk in enumerate(model.blocks)])
+    run_hooked(model, batches, [blk.register_forward_hook(hook(b)) for b, blk in enumerate(model.blocks)])
     return records
 
 
@@ -318,5 +302,5 @@ def width_importance(model: nn.Module, batches: Iterable) -> tuple[dict[str, tor
     for b, blk in enumerate(model.blocks):
         handles.append(blk.attn.out_proj.register_forward_hook(on_attn_out(f"blocks.{b}.attn", blk.attn)))
         handles.append(blk.mlp.act.register_forward_hook(on_act(f"blocks.{b}.mlp")))
-    _run_hooked(model, batches, handles)
+    run_hooked(model, batches, handles)
     return ({k: v.sqrt() for k, v in heads.items()}, {k: v.sqrt() for k, v in neurons.items()})  # L2 over sequences

@@ -14,10 +14,18 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ._validate import check_fraction, check_ints, check_module, check_number, check_tensor
+from ._validate import check_fraction, check_int, check_ints, check_module, check_number, check_tensor
 
 __all__ = ["fine_grained_mask", "nm_mask", "vector_mask", "kernel_mask", "filter_mask", "channel_mask",
-           "pruned_tensors", "masked_layers"]
+           "hooked_tensors", "pruned_tensors", "masked_layers"]
+
+
+def hooked_tensors(module: nn.Module) -> list[str]:
+    """Names of ``module``'s own tensors that a ``torch.nn.utils.prune`` forward pre-hook recomputes (the pruning
+    method itself, a ``prune.BasePruningMethod``, sits in ``module._forward_pre_hooks``): the ones
+    ``prune.remove(module, name)`` accepts. A subset of :func:`pruned_tensors`."""
+    check_module(module, "module")
+    return [h._tensor_name for h in module._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
 
 
 def pruned_tensors(module: nn.Module) -> list[str]:
@@ -25,8 +33,7 @@ def pruned_tensors(module: nn.Module) -> list[str]:
     pre-hook recomputes, and each one stored as the pair that pruning leaves (a parameter ``<name>_orig`` next to a
     buffer ``<name>_mask``, e.g. after the hook was deleted). A buffer merely named ``..._mask`` (an attention mask,
     say) is not a prune mask. Submodules are not looked at: see :func:`masked_layers`."""
-    check_module(module, "module")
-    names = [h._tensor_name for h in module._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
+    names = hooked_tensors(module)
     params = {p for p, _ in module.named_parameters(recurse=False)}
     for b, _ in module.named_buffers(recurse=False):
         base = b[:-len("_mask")]
@@ -98,8 +105,7 @@ def nm_mask(w: torch.Tensor, n: int = 2, m: int = 4, dim: int | None = None) -> 
         raise ValueError(f"N:M needs n <= m, got n={n}, m={m}")
     if dim is None:
         dim = 1 if w.ndim >= 2 else 0                      # the input dimension of [out, in, *kernel]
-    if isinstance(dim, bool) or not isinstance(dim, int) or not -w.ndim <= dim < w.ndim:
-        raise ValueError(f"dim must be an int in [{-w.ndim}, {w.ndim - 1}] for a {w.ndim}-D tensor, got {dim!r}")
+    check_int(dim, "dim", -w.ndim, w.ndim - 1)
     length = w.shape[dim]
     if w.ndim >= 3 and length % m:
         raise ValueError(

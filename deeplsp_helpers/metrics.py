@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ._modes import eval_mode
-from ._validate import PRUNABLE, check_ints, check_module, check_tensor
+from ._validate import PRUNABLE, check_ints, check_module, check_shape, check_tensor
 from .masks import pruned_tensors
 
 __all__ = ["sparsity", "model_sparsity", "count_parameters", "model_size", "count_macs", "summarize",
@@ -96,9 +96,7 @@ def _example_inputs(inputs) -> torch.Tensor:
         if inputs.ndim < 2:
             raise ValueError(f"inputs must have a batch dimension, got shape {tuple(inputs.shape)}")
         return inputs
-    if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(d, int) and d > 0 for d in inputs):
-        return torch.zeros(1, *inputs)
-    raise TypeError("inputs must be a tensor [N, ...] or an input size tuple such as (1, 28, 28)")
+    return torch.zeros(1, *check_shape(inputs, "inputs", example="(1, 28, 28) (or a batch tensor [N, ...])"))
 
 
 def count_macs(model: nn.Module, inputs) -> int:
@@ -162,8 +160,7 @@ def summarize(model: nn.Module, input_size: tuple = (1, 28, 28), device: torch.d
     from torchsummary import summary
 
     check_module(model)
-    if not (isinstance(input_size, (tuple, list)) and input_size and all(isinstance(d, int) and d > 0 for d in input_size)):
-        raise TypeError(f"input_size must be a tuple of positive ints such as (1, 28, 28), got {input_size!r}")
+    input_size = check_shape(input_size, "input_size")
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)

@@ -9,7 +9,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ._validate import check_fraction
+from ._validate import check_fraction, check_number, check_tensor
 from .criteria import layer_scores, prunable_layers
 from .masks import fine_grained_mask
 
@@ -101,15 +101,13 @@ def obs_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, damp
         The new weights, ``weight``'s shape and dtype, with the removed ones exactly 0 (``weight`` is not modified).
     Cost: O(k n^2) time and O(n^2) memory for k removals: meant for a layer of a few thousand weights.
     """
-    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point() or weight.numel() == 0:
-        raise TypeError("weight must be a non-empty floating-point tensor")
+    weight = check_tensor(weight, "weight", floating=True)
     n = weight.numel()
     if not isinstance(hessian, torch.Tensor) or hessian.shape != (n, n):
         raise ValueError(f"hessian must be a [{n}, {n}] tensor over weight.flatten(), got "
                          f"{tuple(hessian.shape) if isinstance(hessian, torch.Tensor) else type(hessian).__name__}")
     sparsity = check_fraction(sparsity, "sparsity", high_open=False)
-    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not damp >= 0:
-        raise ValueError(f"damp must be a number >= 0, got {damp!r}")
+    damp = check_number(damp, "damp", 0, strict=False)
     h = hessian.detach().double()
     h = h + damp * h.diagonal().mean().clamp_min(0) * torch.eye(n, dtype=h.dtype)
     try:

@@ -22,12 +22,11 @@ Fine-tuning is SGD at ``lr`` with batches of ``batch_size``, distilled from the 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable
 
 from torch import nn
 
-from ._validate import check_bool, check_ints
+from ._validate import check_bool, check_ints, check_number
 
 __all__ = ["DeepLSPRecipe", "DEFAULT_RECIPE"]
 
@@ -52,16 +51,9 @@ class DeepLSPRecipe:
     def __post_init__(self):
         from .speedup import COSTS
 
-        for name in ("target_speedup", "nonzero_factor", "lr"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise TypeError(f"{name} must be a finite number, got {v!r}")
-        if not self.target_speedup > 1:
-            raise ValueError(f"target_speedup must be > 1, got {self.target_speedup!r}")
-        if not self.nonzero_factor >= 1:
-            raise ValueError(f"nonzero_factor must be >= 1 (times fewer non-zero parameters), got {self.nonzero_factor!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        check_number(self.target_speedup, "target_speedup", 1)
+        check_number(self.nonzero_factor, "nonzero_factor", 1, strict=False, hint=" (times fewer non-zero parameters)")
+        check_number(self.lr, "lr", 0)
         if self.cost not in COSTS:
             raise ValueError(f"cost must be one of {COSTS}, got {self.cost!r}")
         check_ints(("request_batch_size", self.request_batch_size, 1), ("latency_repeats", self.latency_repeats, 3),

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._validate import check_bool, check_module
+from ._validate import check_bool, check_module, check_tensor
 from .files import atomic_write, regular_file
 from .masks import masked_layers
 from .models import build_model
@@ -29,9 +29,8 @@ _BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 def pack_sparse(t: torch.Tensor) -> dict:
     """``{"shape", "bitmask", "values"}``: one bit per entry (non-zero or not, packed 8 to a byte) and the
     non-zero values in row-major order."""
-    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-        raise TypeError("pack_sparse expects a floating-point tensor")
-    flat = t.detach().cpu().reshape(-1)
+    t = check_tensor(t, "pack_sparse's tensor", floating=True, allow_empty=True)
+    flat = t.cpu().reshape(-1)
     nz = flat != 0
     padded = torch.cat([nz, torch.zeros((-len(nz)) % 8, dtype=torch.bool)]).view(-1, 8).to(torch.uint8)
     return {"shape": torch.tensor(list(t.shape), dtype=torch.int64), "bitmask": (padded * _BITS).sum(1).to(torch.uint8),

@@ -20,7 +20,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ._validate import PRUNABLE, check_batch, check_fraction, check_ints, check_module
+from ._modes import eval_mode
+from ._validate import PRUNABLE, check_batch, check_fraction, check_ints, check_module, check_number
 from .channels import collapse_channels, output_layers
 from .latency_model import layer_costs
 from .speedup import prune_to_speedup
@@ -47,8 +48,10 @@ class LatencyAwareImportance(tp.importance.GroupMagnitudeImportance):
 
     def __init__(self, costs: dict[nn.Module, float], p: int = 1):
         super().__init__(p=p, group_reduction="mean", normalizer="mean")
-        if not costs or any((not isinstance(v, float) and not isinstance(v, int)) or v < 0 for v in costs.values()):
+        if not costs:
             raise ValueError("costs must be a non-empty {layer: share >= 0} dict (see layer_costs)")
+        for v in costs.values():
+            check_number(v, "each cost share in costs (see layer_costs)", 0, strict=False)
         self.costs = costs
         self.floor = min(v for v in costs.values() if v > 0) if any(v > 0 for v in costs.values()) else 1.0
 
@@ -114,7 +117,7 @@ def structured_channel_pruning(model: nn.Module, example_inputs: torch.Tensor, p
         max_pruning_ratio: no group of coupled channels loses more than this fraction; default
             ``max(0.65, pruning_ratio + 0.1)`` (at most 0.95) for a ratio, 0.75 for a speed-up.
     Returns:
-        The same model, pruned in place.
+        The same model, pruned in place, in the train/eval mode it came in (it is traced in eval mode).
     """
     _check(model, example_inputs)
     if (pruning_ratio is None) == (target_speedup is None):
@@ -128,17 +131,17 @@ def structured_channel_pruning(model: nn.Module, example_inputs: torch.Tensor, p
     check_ints(("iterative_steps", iterative_steps, 1))
     if pruning_ratio == 0:
         return model
-    model.eval()
     importance = importance or tp.importance.GroupMagnitudeImportance(p=1)
     ignored = list(ignored_layers) if ignored_layers is not None else output_layers(model, example_inputs)
     if max_pruning_ratio is None:
         max_pruning_ratio = min(0.95, max(0.65, pruning_ratio + 0.1))
     check_fraction(max_pruning_ratio, "max_pruning_ratio", low=pruning_ratio)  # pruning_ratio > 0 here
-    pruner = tp.pruner.BasePruner(model, example_inputs, importance=_CappedImportance(importance, max_pruning_ratio),
-                                  global_pruning=True,
-                                  pruning_ratio=pruning_ratio, iterative_steps=iterative_steps,
-                                  ignored_layers=ignored, round_to=round_to, max_pruning_ratio=max_pruning_ratio)
-    for _ in range(iterative_steps):
-        pruner.step()
+    with eval_mode(model):  # traced in eval mode (BatchNorm's running statistics); the caller's mode comes back
+        pruner = tp.pruner.BasePruner(model, example_inputs, importance=_CappedImportance(importance, max_pruning_ratio),
+                                      global_pruning=True,
+                                      pruning_ratio=pruning_ratio, iterative_steps=iterative_steps,
+                                      ignored_layers=ignored, round_to=round_to, max_pruning_ratio=max_pruning_ratio)
+        for _ in range(iterative_steps):
+            pruner.step()
     collapse_channels(model, example_inputs)
     return model

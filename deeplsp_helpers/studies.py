@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ._validate import check_int
 from .files import atomic_write
 
 __all__ = ["STUDIES", "STUDY_FILE", "read_study", "run_study", "ch06_request"]
@@ -175,8 +176,10 @@ def run_study(name: str, seeds=(0, 1, 2), *, path: str | Path | None = None, log
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; the studies are {STUDIES}")
     seeds = tuple(seeds)
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise ValueError(f"seeds must be a non-empty list of ints >= 0, got {seeds!r}")
+    if not seeds:
+        raise ValueError("seeds must be a non-empty list of ints >= 0, got none")
+    for i, seed in enumerate(seeds):
+        check_int(seed, f"seeds[{i}]", 0)
     from .cpu import describe_cpu
 
     torch.set_num_threads(2)

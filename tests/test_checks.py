@@ -35,3 +35,18 @@ def test_an_answer_read_off_a_measurement_is_checked_against_that_measurement(ca
         checks.check_answer("a flag", 1, True)  # 1 is not True: a yes/no question takes a bool
     with pytest.raises(TypeError):
         checks.check_answer("", 1, 1)
+
+
+def test_a_number_read_off_a_printed_measurement_passes_within_its_tolerance(capsys):
+    measured = 2.4138  # printed as 2.41x
+    checks.check_answer("the speed-up", 2.41, lambda: measured, within=0.006)
+    assert "as your measurement says" in capsys.readouterr().out
+    with pytest.raises(checks.CheckFailed, match=r"gives 2\.414 \(answers within 0\.006 pass\)"):
+        checks.check_answer("the speed-up", 2.40, lambda: measured, within=0.006)
+    with pytest.raises(checks.CheckFailed):
+        checks.check_answer("the speed-up", 2.41, lambda: measured)  # without a tolerance: the exact value
+    with pytest.raises(checks.CheckFailed):
+        checks.check_answer("the speed-up", "2.41", lambda: measured, within=0.006)  # a number, not its text
+    for bad in (0, -0.1, True, "0.01"):
+        with pytest.raises(ValueError, match="within"):
+            checks.check_answer("the speed-up", 2.41, lambda: measured, within=bad)

@@ -11,25 +11,51 @@ def sparse_storage_bits(model, data_width=32, index_width=32):
     return sum(int(p.count_nonzero()) for p in model.parameters()) * (data_width + index_width)
 
 
-def per_image_ms(model, batch_sizes):
-    from deeplsp_helpers import latency
+def macs_by_layer(model, X):
+    macs, hooks = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            def hook(module, inputs, output, name=name):
+                if isinstance(module, torch.nn.Conv2d):
+                    per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+                else:
+                    per_output = module.in_features
+                macs[name] = output[0].numel() * per_output  # one sample's outputs, each a dot product
+            hooks.append(m.register_forward_hook(hook))
+    with torch.no_grad():
+        model(X)
+    for h in hooks:
+        h.remove()
+    return macs
 
-    return {bs: latency.measure_latency(model, torch.zeros(bs, 1, 4, 4), warmup=2, repeats=8, threads=1).median_ms / bs
-            for bs in batch_sizes}
+
+def macs_by_layer_from_weights(model, X):  # also right: each weight is used once per output position
+    macs, hooks = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            def hook(module, inputs, output, name=name):
+                per_channel = output[0].numel() // module.weight.shape[0]  # positions (conv) or rows (linear)
+                macs[name] = torch.tensor(module.weight.numel() * per_channel)  # a one-element integer tensor
+            hooks.append(m.register_forward_hook(hook))
+    model(X)
+    for h in hooks:
+        h.remove()
+    return macs
 
 
-def macs_per_second(model, X):
-    from deeplsp_helpers import latency, metrics
-
-    seconds = latency.measure_latency(model, X, warmup=2, repeats=8, threads=1).median_ms / 1000
-    return metrics.count_macs(model, X) * len(X) / seconds
-
-
-def macs_per_second_other_way(model, X):  # also right: one sample's MACs times the batch, median over more calls
-    from deeplsp_helpers import latency, metrics
-
-    median_s = latency.measure_latency(model, X, warmup=5, repeats=21, threads=1).median_ms * 1e-3
-    return float(metrics.count_macs(model, X[:1]) * X.shape[0]) / median_s
+def _wrong_macs(change):
+    """macs_by_layer with one mistake: ``change(module, output, right count)`` gives the wrong count."""
+    def wrong(model, X):
+        right = macs_by_layer(model, X)
+        modules = dict(model.named_modules())
+        outs = {}
+        hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o)) for n in right]
+        with torch.no_grad():
+            model(X)
+        for h in hooks:
+            h.remove()
+        return {n: change(modules[n], outs[n], right[n]) for n in right}
+    return wrong
 
 
 def pick_on_validation(models, loaders):
@@ -40,23 +66,12 @@ def pick_on_validation(models, loaders):
 
 RIGHT = {  # the notebook's answers
     "sparse_storage_bits": sparse_storage_bits,
-    "per_image_ms": per_image_ms,
-    "macs_per_second": macs_per_second,
+    "macs_by_layer": macs_by_layer,
     "pick_on_validation": pick_on_validation,
 }
 
 def sparse_storage_bits_by_mask(model, data_width=32, index_width=32):  # also right: count the non-zeros another way
     return int(sum((p != 0).sum() for p in model.parameters())) * (data_width + index_width)
-
-
-def per_image_ms_other_way(model, batch_sizes):  # also right: a loop, more repeats
-    from deeplsp_helpers import latency
-
-    out = {}
-    for bs in batch_sizes:
-        result = latency.measure_latency(model, torch.zeros(bs, 1, 4, 4), warmup=3, repeats=15, threads=1)
-        out[bs] = float(result.median_ms) / bs
-    return out
 
 
 def pick_on_validation_sorted(models, loaders):  # also right: rank all, take the first
@@ -65,8 +80,7 @@ def pick_on_validation_sorted(models, loaders):  # also right: rank all, take th
 
 RIGHT_ALSO = {  # every right answer the task allows, the notebook's first
     "sparse_storage_bits": [sparse_storage_bits, sparse_storage_bits_by_mask],
-    "per_image_ms": [per_image_ms, per_image_ms_other_way],
-    "macs_per_second": [macs_per_second, macs_per_second_other_way],
+    "macs_by_layer": [macs_by_layer, macs_by_layer_from_weights],
     "pick_on_validation": [pick_on_validation, pick_on_validation_sorted],
 }
 
@@ -80,16 +94,21 @@ WRONG_TOLD = {  # (wrong answer, what the message must say)
         (lambda m, data_width=32, index_width=32: sum(p.numel() for p in m.parameters()) * (data_width + index_width),
          "zeros are not stored"),
     ],
-    "per_image_ms": [
-        (lambda m, sizes: {bs: v * bs for bs, v in per_image_ms(m, sizes).items()}, "whole batch"),
-        (lambda m, sizes: {bs: v / 1000 for bs, v in per_image_ms(m, sizes).items()}, "seconds"),
-        (lambda m, sizes: [per_image_ms(m, sizes)[bs] for bs in sizes], "dict"),
-    ],
-    "macs_per_second": [
-        (lambda m, X: macs_per_second(m, X) / len(X), "whole batch"),
-        (lambda m, X: macs_per_second(m, X) / 1000, "per millisecond"),
-        (lambda m, X: macs_per_second(m, X) / len(X) / 1000, "count the whole batch and divide by seconds"),
-        (lambda m, X: 1 / macs_per_second(m, X), "MACs per second"),
+    "macs_by_layer": [
+        (_wrong_macs(lambda m, out, right: right * out.shape[0]), "whole batch"),
+        (_wrong_macs(lambda m, out, right: right * getattr(m, "groups", 1)), "divide by groups"),
+        (_wrong_macs(lambda m, out, right: m.weight.numel() if isinstance(m, torch.nn.Conv2d) else right),
+         "weight count"),
+        (_wrong_macs(lambda m, out, right: right * int(m.weight.count_nonzero()) // m.weight.numel()),
+         "zeros were skipped"),
+        (_wrong_macs(lambda m, out, right: m.in_features * m.out_features if isinstance(m, torch.nn.Linear) else right),
+         "rows"),
+        (lambda model, X: [v for v in macs_by_layer(model, X).values()], "dict"),
+        (lambda model, X: {**macs_by_layer(model, X), **{n: 0 for n, m in model.named_modules()
+                                                         if isinstance(m, torch.nn.Linear)}}, "MACs per sample"),
+        (lambda model, X: {n: 0 for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+         | macs_by_layer(model, X), "never called"),
+        (lambda model, X: {n: float(v) + 0.5 for n, v in macs_by_layer(model, X).items()}, "MACs per sample"),
     ],
     "pick_on_validation": [
         (lambda models, loaders: max(models, key=lambda n: train.evaluate(models[n], loaders.test)), "test split"),

@@ -69,9 +69,10 @@ def test_speedups_carry_an_interval_and_a_verdict():
         latency.compare_speedups({"a": base}, torch.zeros(1, 1), "b")
 
 
-@pytest.mark.parametrize("kwargs", [dict(warmup=0), dict(repeats=2), dict(threads=0), dict(threads=1.5)])
-def test_bad_settings(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, err", [(dict(warmup=0), ValueError), (dict(repeats=2), ValueError),
+                                         (dict(threads=0), ValueError), (dict(threads=1.5), TypeError)])
+def test_bad_settings(kwargs, err):  # check_ints: a value out of range is a ValueError, a non-int a TypeError
+    with pytest.raises(err):
         latency.measure_latency(models.LeNet(), torch.randn(1, 1, 28, 28), **kwargs)
 
 

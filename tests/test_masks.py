@@ -137,9 +137,9 @@ def test_bad_inputs_are_rejected():
         masks.nm_mask(W2, 4, 2)
     with pytest.raises(ValueError):
         masks.nm_mask(W2, 0, 4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"dim must be an int in -2\.\.1, got 3"):
         masks.nm_mask(W2, 2, 4, dim=3)
-    with pytest.raises(ValueError, match="dim must be an int"):
+    with pytest.raises(TypeError, match="dim must be an int"):  # a wrong type: TypeError, as check_int's rule
         masks.nm_mask(W2, 2, 4, dim=1.0)
     with pytest.raises(ValueError, match="4 dimensions"):
         masks.kernel_mask(W2, 0.5)

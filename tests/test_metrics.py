@@ -26,8 +26,8 @@ def test_parameter_counts_and_sizes():
     assert metrics.model_sparsity(model) == pytest.approx(256 * 120 / 44426)
     assert metrics.model_size(model) == 44426 * 32
     assert metrics.model_size(model, data_width=8, nonzero_only=True) == (44426 - 256 * 120) * 8
-    for bad in (0, -8, 4.0, True):
-        with pytest.raises(ValueError):
+    for bad, err in ((0, ValueError), (-8, ValueError), (4.0, TypeError), (True, TypeError)):  # check_ints' rule
+        with pytest.raises(err):
             metrics.model_size(model, data_width=bad)
     with pytest.raises(TypeError):
         metrics.count_parameters("lenet")

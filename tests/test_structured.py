@@ -142,6 +142,12 @@ def test_structured_pruning_validates_ratios():
         structured.structured_channel_pruning(models.VGG(), X[:1], 0.5, iterative_steps=0)
 
 
+def test_ratio_pruning_gives_the_model_back_in_the_mode_it_came_in():
+    model = models.VGG().train()  # pruned in eval mode (as the speed-up path does), then its own flags come back
+    structured.structured_channel_pruning(model, X[:1], 0.3)
+    assert all(m.training for m in model.modules())
+
+
 def test_save_and_load_errors(tmp_path):
     from torch.nn.utils import prune
 

@@ -24,9 +24,10 @@ def test_a_study_is_recorded_beside_others_and_read_back(tmp_path, monkeypatch):
     assert json.loads(path.read_text())["other"] == {"kept": True}  # other records survive
 
 
-@pytest.mark.parametrize("seeds", [(), (-1,), (1.5,), (True,), ("0",)])
-def test_bad_seeds_are_refused(seeds, tmp_path):
-    with pytest.raises(ValueError, match="seeds"):
+@pytest.mark.parametrize("seeds, err", [((), ValueError), ((-1,), ValueError), ((1.5,), TypeError), ((True,), TypeError),
+                                        (("0",), TypeError)])  # check_int's rule: a wrong type is a TypeError
+def test_bad_seeds_are_refused(seeds, err, tmp_path):
+    with pytest.raises(err, match="seeds"):
         studies.run_study("ch06_structured", seeds, path=tmp_path / "s.json")
 
 

@@ -321,10 +321,10 @@ def test_a_stop_step_outside_the_run_or_before_its_start_is_refused(start_step, 
                     progress=False)
 
 
-@pytest.mark.parametrize("start_step", [-1, 16, 1.5, True])
-def test_a_start_step_outside_the_run_is_refused(start_step, small):
+@pytest.mark.parametrize("start_step, err", [(-1, ValueError), (16, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_a_start_step_outside_the_run_is_refused(start_step, err, small):
     one_epoch = data.make_loaders(data.load_fashion_mnist(), batch_size=128, train_subset=1024).train  # 8 steps
-    with pytest.raises(ValueError, match="start_step"):
+    with pytest.raises(err, match="start_step"):
         train.train(models.LeNet(), one_epoch, num_epochs=2, start_step=start_step, progress=False)
 
 

@@ -116,9 +116,11 @@ def test_nm_masks_along_the_input_dimension(n, m):
     assert torch.equal(tpr.mask_from_scores(scores, 0.5), tpr.row_mask(scores, 0.5))
 
 
-@pytest.mark.parametrize("pattern", [-0.1, 1.5, float("nan"), "0.5", None, True, (4, 2), (2,), (0, 4), (2.0, 4)])
-def test_bad_patterns_are_rejected(pattern):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("pattern, err", [(p, ValueError) for p in (-0.1, 1.5, float("nan"), "0.5", None, True, (4, 2),
+                                                                     (2,), (0, 4))]
+                         + [((2.0, 4), TypeError)])  # check_ints: an n or m that is no int is a TypeError
+def test_bad_patterns_are_rejected(pattern, err):
+    with pytest.raises(err):
         tpr.mask_from_scores(torch.rand(2, 8), pattern)
 
 

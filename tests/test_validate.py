@@ -6,8 +6,21 @@ import pytest
 import torch
 from torch import nn
 
-from deeplsp_helpers import criteria, data, deploy, masks, pruners, seed_everything
-from deeplsp_helpers._validate import check_int, check_ints, check_number, check_tensor
+from deeplsp_helpers import (
+    criteria,
+    data,
+    deeplsp,
+    deploy,
+    halp,
+    latency,
+    masks,
+    metrics,
+    models,
+    pruners,
+    seed_everything,
+    structured,
+)
+from deeplsp_helpers._validate import check_int, check_ints, check_number, check_shape, check_tensor
 
 
 def test_ints_wrong_type_and_range_have_the_same_message():
@@ -18,10 +31,69 @@ def test_ints_wrong_type_and_range_have_the_same_message():
         check_int(True, "k", 0)
     with pytest.raises(ValueError, match=r"k must be an int in 0\.\.9, got 10"):
         check_int(10, "k", 0, 9)
+    assert check_int(-7, "i", None) == -7  # lowest=None: any int
+    with pytest.raises(TypeError, match="i must be an int, got '1'"):
+        check_int("1", "i", None)
+
+
+@pytest.mark.parametrize("bad, err", [(("a", 1.0, 0), TypeError), (("b", False, 0, 9), TypeError), (("a", "1", 0), TypeError),
+                                      (("a", -1, 0), ValueError), (("b", 10, 0, 9), ValueError)])
+def test_check_ints_raises_what_check_int_raises(bad, err):
     check_ints(("a", 0, 0), ("b", 9, 0, 9))
-    for bad in [("a", 1.0, 0), ("a", -1, 0), ("b", 10, 0, 9), ("b", False, 0, 9)]:
-        with pytest.raises(ValueError, match=f"{bad[0]} must be an int"):
-            check_ints(bad)
+    name, value, *bounds = bad
+    with pytest.raises(err, match=f"{name} must be an int") as from_ints:
+        check_ints(bad)
+    with pytest.raises(err) as from_int:
+        check_int(value, name, *bounds)
+    assert str(from_ints.value) == str(from_int.value)  # one rule: wrong type TypeError, out of range ValueError
+
+
+def test_shapes_refuse_bools_and_non_positive_sizes():
+    assert check_shape((1, 28, 28)) == (1, 28, 28) and check_shape([3, 4], "s", min_len=2) == (3, 4)
+    for bad in [(True, 28, 28), (1, 28.0, 28), "1x28x28", 28, None]:
+        with pytest.raises(TypeError, match="input_size must be a tuple of positive ints"):
+            check_shape(bad)
+    for bad in [(), (0, 28, 28), (1, -1)]:
+        with pytest.raises(ValueError, match="input_size must be a tuple of positive ints"):
+            check_shape(bad)
+    with pytest.raises(ValueError, match="at least 2"):
+        check_shape((8,), min_len=2)
+
+
+def test_the_three_shape_arguments_go_through_check_shape():
+    lenet = models.LeNet()
+    assert metrics.count_macs(lenet, (1, 28, 28)) == metrics.count_macs(lenet, torch.zeros(1, 1, 28, 28))
+    with pytest.raises(TypeError, match=r"got \(True, 28, 28\)"):  # True is no size 1
+        metrics.count_macs(lenet, (True, 28, 28))
+    with pytest.raises(TypeError, match=r"got \(True, 28, 28\)"):
+        metrics.nonzero_macs(lenet, (True, 28, 28))
+    with pytest.raises(TypeError, match=r"input_size .*got \(True, 28, 28\)"):
+        metrics.summarize(lenet, (True, 28, 28), device="cpu")
+    with pytest.raises(TypeError, match="input_shape"):
+        deeplsp.compute_sensitivity(lenet, dummy=True, input_shape=(8, True, 28, 28))
+    with pytest.raises(ValueError, match="input_shape must be a tuple of at least 2"):
+        deeplsp.compute_sensitivity(lenet, dummy=True, input_shape=(8,))
+
+
+def test_bools_are_refused_as_halp_steps_latency_times_and_structured_costs():
+    g = torch.Generator().manual_seed(0)
+    ft = data.ImageTensorDataset(torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g))
+    fine_tune = halp.progressive_fine_tune(ft, 2, num_epochs=1, lr=0.01, batch_size=4)
+    with pytest.raises(TypeError, match="step must be an int in 1..2, got True"):
+        fine_tune(models.LeNet(), True)
+    with pytest.raises(ValueError, match="step must be an int in 1..2, got 3"):
+        fine_tune(models.LeNet(), 3)
+    base = [0.01, 0.02, 0.01]
+    for bad in (True, math.nan, math.inf, "0.01", 0):
+        with pytest.raises(ValueError, match="times must be a number > 0"):
+            latency.paired_speedup(base, [0.01, bad, 0.01])
+    with pytest.raises(ValueError, match="baseline_times must be a number > 0"):
+        latency.paired_speedup([True, 0.02, 0.01], base)
+    conv = nn.Conv2d(1, 2, 3)
+    for bad in (True, -0.1, math.nan, "0.5"):
+        with pytest.raises(ValueError, match="cost share"):
+            structured.LatencyAwareImportance({conv: bad})
+    assert structured.LatencyAwareImportance({conv: 0}).costs == {conv: 0}  # a share of 0 is allowed
 
 
 def test_numbers_refuse_bools_nan_and_infinity():
@@ -45,6 +117,7 @@ def test_tensors():
         check_tensor(torch.ones(3), "w", min_ndim=2)
     with pytest.raises(ValueError, match="w is empty"):
         check_tensor(torch.ones(0, 3), "w")
+    assert check_tensor(torch.ones(0, 3), "w", allow_empty=True).shape == (0, 3)
     with pytest.raises(ValueError, match="NaN or infinite"):
         check_tensor(torch.tensor([1.0, math.inf]), "w", finite=True)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import inspect
 import sys
 from pathlib import Path
 
@@ -123,12 +124,13 @@ def hidden_tests(check: str, args: str) -> str:
     if check == "check_answer":
         return ""
     name = "teacher_" + check[len("check_"):]
-    path = Path(teacher_cases.__file__)
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    found = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name]
-    if not found:
-        raise ValueError(f"tools/teacher_cases.py has no {name}: write the teacher-only cases of {check} there")
-    code = ast.get_source_segment(path.read_text(encoding="utf-8"), found[0])
+    case = getattr(teacher_cases, name, None)
+    if not callable(case):
+        raise ValueError(f"tools/teacher_cases.py has no {name}: write the teacher-only cases of {check} in the "
+                         "teacher_cases_chNN_NN.py module of its chapter and import them in teacher_cases.py")
+    text = Path(inspect.getsourcefile(case)).read_text(encoding="utf-8")  # the chapter module that defines it
+    found = [n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef) and n.name == name]
+    code = ast.get_source_segment(text, found[0])
     return (f"# teacher-only cases (tools/teacher_cases.py), run with their own random state\n{code}\n\n\n"
             f"import torch as _torch  # noqa: E402\n\nwith _torch.random.fork_rng(devices=[]):\n    {name}({args})")
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 from ._harness import CheckFailed
 from .answers import check_answer
 from .ch00_getting_started import (
-    check_macs_per_second,
-    check_per_image_ms,
+    check_macs_by_layer,
     check_pick_on_validation,
     check_sparse_storage_bits,
 )
@@ -34,7 +33,7 @@ from .ch09_language_models import check_block_influence, check_decode_step, chec
 __all__ = [
     "CheckFailed",
     "check_answer",                                                                  # experiments
-    "check_sparse_storage_bits", "check_per_image_ms", "check_macs_per_second", "check_pick_on_validation",  # 00
+    "check_sparse_storage_bits", "check_macs_by_layer", "check_pick_on_validation",  # 00
     "check_row_nm_ok", "check_csr_break_even", "check_fine_grained_mask",            # 01
     "check_taylor_one_layer", "check_obs_step", "check_global_masks",                # 02
     "check_iterative_steps", "check_keep_zero", "check_one_shot_limit",              # 03

@@ -1,18 +1,15 @@
-"""Chapter 00, getting started: what sparse storage costs, MACs per second measured, choices made on validation."""
+"""Chapter 00, getting started: what sparse storage costs, MACs counted from shapes, choices made on validation."""
 
 from __future__ import annotations
 
-import math
 from collections import namedtuple
 
 import torch
 from torch import nn
 
-from .. import latency
 from ._harness import (
     CheckFailed,
     _as_real,
-    _Busy,
     _call,
     _callable,
     _expect,
@@ -68,81 +65,98 @@ def check_sparse_storage_bits(sparse_storage_bits):
     _passed("sparse_storage_bits", len(cases))
 
 
-@_own_rng
-def check_per_image_ms(per_image_ms):
-    """per_image_ms(model, batch_sizes): {batch size: milliseconds per image}, measured at each batch size."""
-    _callable(per_image_ms, "per_image_ms")
-    cases = [("a fixed 2 ms per call", _Busy(0.002), lambda bs: 2.0 / bs),
-             ("0.1 ms per image", _Busy(0.0, 0.0001), lambda bs: 0.1)]
-    sizes = (1, 4, 16)
-    for label, model, want in cases:
-        got = _call("per_image_ms", per_image_ms, model, sizes)
-        _expect(isinstance(got, dict) and sorted(got) == list(sizes),
-                f"per_image_ms(model, {sizes}) should return a dict with one entry per batch size {sizes}, "
-                f"got {type(got).__name__}{'' if not isinstance(got, dict) else f' with keys {sorted(got)}'}")
-        for bs in sizes:
-            value, _ = _as_real(got[bs])
-            _expect(value is not None and value > 0,
-                    f"per_image_ms(...)[{bs}] should be a positive number of milliseconds, got {got[bs]!r}")
-            hint = ""
-            if abs(value - want(bs) * bs) < 0.3 * want(bs) * bs and bs > 1:
-                hint = ": that is the time of the whole batch; divide by the batch size"
-            elif abs(value - want(bs) / 1000) < 0.3 * want(bs) / 1000:
-                hint = ": that looks like seconds; report milliseconds"
-            _expect(abs(value - want(bs)) < 0.4 * want(bs) + 0.05,
-                    f"for a model that takes {label}, per_image_ms(...)[{bs}] should be about {want(bs):.3f} ms, "
-                    f"got {value:.4f}{hint}")
-    _passed("per_image_ms", len(cases))
+def _shape_macs(model, X):
+    """{name: MACs per sample} of every Conv2d and Linear that runs on ``X``, from shapes (the check's own count)."""
+    names = {module: name for name, module in model.named_modules()}
+    out, hooks = {}, []
+
+    def hook(module, inputs, output):
+        per_sample = output[0].numel()  # output elements of one sample
+        if isinstance(module, nn.Conv2d):
+            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        else:
+            k = module.in_features
+        out[names[module]] = out.get(names[module], 0) + per_sample * k
+
+    for module in names:
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(X)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
 
 
-class _LinearBusy(_Busy):
-    """A linear layer (``in_features * out_features`` MACs per sample) whose forward pass takes at least ``seconds``
-    per call, whatever the batch size (``_Busy``'s busy-wait, then the layer)."""
+class _Tokens(nn.Module):
+    """A linear layer applied to every row of a [N, T, F] sample, then a head on the mean row; one unused layer."""
 
-    def __init__(self, in_features, out_features, seconds):
-        super().__init__(seconds)
-        self.fc = nn.Linear(in_features, out_features)
+    def __init__(self):
+        super().__init__()
+        self.mix, self.head, self.unused = nn.Linear(6, 5), nn.Linear(5, 3, bias=False), nn.Linear(6, 6)
 
     def forward(self, x):
-        return self.fc(super().forward(x))
+        return self.head(torch.relu(self.mix(x)).mean(1))
 
 
-def _forward_seconds(model, X):
-    """The median forward time as the check measures it (a stand-in's nominal time, more on a loaded machine)."""
-    return latency.measure_latency(model, X, warmup=1, repeats=5, threads=1).median_ms / 1000
+def _macs_models():
+    """(description, model, input batch) for check_macs_by_layer: strides, padding, groups, depthwise, a
+    non-square kernel, no bias, zeroed weights, rows of a sequence, a layer that never runs."""
+    torch.manual_seed(0)
+    convs = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, stride=2, groups=8, bias=False),  # depthwise
+                          nn.Conv2d(8, 6, (3, 1), groups=2), nn.Flatten(), nn.Linear(6 * 2 * 4, 4))
+    with torch.no_grad():
+        convs[0].weight[:4] = 0  # zeros: a MAC is counted from the shapes, zero weight or not
+    return [("a conv net with a depthwise and a grouped conv (some weights zero)", convs, torch.randn(2, 3, 10, 10)),
+            ("a linear layer on every row of a [N, T=4, F=6] sample", _Tokens(), torch.randn(3, 4, 6))]
 
 
 @_own_rng
-def check_macs_per_second(macs_per_second):
-    """macs_per_second(model, X): the MACs of the whole batch X divided by the median forward time in seconds."""
-    _callable(macs_per_second, "macs_per_second")
-    torch.manual_seed(0)
-    cases = [(100, 50, 0.002, 16), (64, 32, 0.001, 32)]  # in, out, seconds per call (at least), batch size
-    for in_features, out_features, seconds, bs in cases:
-        model, X = _LinearBusy(in_features, out_features, seconds), torch.randn(bs, in_features)
-        per_sample = in_features * out_features
-
-        before = _forward_seconds(model, X)
-        got = _call("macs_per_second", macs_per_second, model, X)
-        slowest = max(before, _forward_seconds(model, X), seconds)
-        value, _ = _as_real(got)
-        _expect(value is not None and value > 0,
-                f"macs_per_second(model, X) should return a positive number of MACs per second, got {got!r}")
-        # a forward pass cannot take less than `seconds`; a busy machine can make it take longer
-        high, low = 1.5 * bs * per_sample / seconds, bs * per_sample / (2 * slowest)
-        if low < value < high:
-            continue
-        typical = bs * per_sample / (seconds * slowest) ** 0.5
-        factor = min((1, bs, 1000, 1000 * bs), key=lambda f: abs(math.log(typical / f / value)))
-        hint = {bs: ": that is one sample's MACs per batch time; count the MACs of the whole batch "
-                    "(metrics.count_macs gives them per sample)",
-                1000: ": that is per millisecond; divide by the time in seconds",
-                1000 * bs: ": that is one sample's MACs per millisecond; count the whole batch and divide by "
-                           "seconds"}.get(factor, "")
-        _expect(False, f"a model of {per_sample:,} MACs per sample whose forward pass takes {seconds * 1e3:g} ms "
-                       f"per call (here {slowest * 1e3:.1f} ms at the slowest), on a batch of {bs}: about "
-                       f"{bs * per_sample / seconds:,.0f} MACs per second, got {value:,.0f}{hint}")
-    _passed("macs_per_second", len(cases))
+def check_macs_by_layer(macs_by_layer):
+    """macs_by_layer(model, X): {module name: MACs per sample} of every Conv2d and Linear that runs on X,
+    counted from shapes."""
+    _callable(macs_by_layer, "macs_by_layer")
+    cases = _macs_models()
+    for label, model, X in cases:
+        want = _shape_macs(model, X)
+        got = _call("macs_by_layer", macs_by_layer, model, X)
+        _expect(isinstance(got, dict), f"macs_by_layer should return a dict {{module name: MACs per sample}}, got "
+                                       f"{type(got).__name__}")
+        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        _expect(not missing, f"on {label}, macs_by_layer is missing the layers {missing} (keys are the names "
+                             f"model.named_modules() gives, e.g. {sorted(want)})")
+        _expect(not extra, f"on {label}, macs_by_layer returned {extra}, which are not Conv2d/Linear layers that "
+                           f"run on X (a layer that is never called does no MACs: leave it out)")
+        modules = dict(model.named_modules())
+        for name, expected in want.items():
+            value, _ = _as_real(got[name])
+            if value is not None and value == expected and float(value).is_integer():
+                continue
+            m = modules[name]
+            n = X.shape[0]
+            if isinstance(m, nn.Conv2d):
+                positions = expected // (m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1])
+                causes = [(expected * n, "that is the whole batch; count one sample"),
+                          (expected * m.groups, "a grouped conv's output channel sees in_channels / groups input "
+                                                "channels: divide by groups"),
+                          (m.weight.numel(), "that is the weight count; each weight is used at every output position "
+                                             f"({positions // m.out_channels} per output channel here)"),
+                          (int(m.weight.count_nonzero()) * positions // m.out_channels,
+                           "zeros were skipped: MACs are counted from the shapes, a zero weight costs one all the same")]
+            else:
+                rows = expected // (m.in_features * m.out_features)
+                causes = [(expected * n, "that is the whole batch; count one sample"),
+                          (m.in_features * m.out_features, f"a sample here has {rows} rows, and the layer runs on "
+                                                           f"each of them")]
+            why = next((msg for value_, msg in causes if value is not None and value == value_ != expected), "")
+            if value is None:
+                why = f"each value should be a number (an int), got {got[name]!r}"
+            _expect(False, f"on {label}, layer {name!r} ({m}) does {expected:,} MACs per sample, got {got[name]!r}"
+                           + (f": {why}" if why else ""))
+    _passed("macs_by_layer", len(cases))
 
 
 class _Constant(nn.Module):

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from .._validate import check_finite, check_module
+from .._validate import check_finite, check_int, check_module
 from ..criteria import layer_scores
 from .sublayers import _QKV, _is_attention, _is_mlp, _join, attention_modules, mlp_modules
 
@@ -66,8 +66,7 @@ def _indices(idx, size: int, what: str, unit: str) -> list[int]:
         raise TypeError(f"{what} must be a sequence of int indices, got {type(idx).__name__}")
     idx = list(idx)
     for i in idx:
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise TypeError(f"{what} must hold ints, got {i!r}")
+        check_int(i, f"each entry of {what}", None)  # the range below, with its own message
         if not 0 <= i < size:
             raise ValueError(f"{unit} index {i} is out of range: there are {size} {unit}s (0..{size - 1})")
     if len(set(idx)) != len(idx):

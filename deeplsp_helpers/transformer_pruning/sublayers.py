@@ -8,7 +8,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from .._modes import eval_mode
+from .._modes import run_hooked
 from .._validate import check_module
 
 _QKV = ("q_proj", "k_proj", "v_proj")
@@ -86,21 +86,7 @@ def _collect(model: nn.Module, layers, batches: Iterable, stat) -> dict[str, tor
             seen[name] += len(x)
         return fn
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
-    n_batches = 0
-    try:
-        with eval_mode(model), torch.no_grad():
-            for batch in batches:
-                X = batch[0] if isinstance(batch, (tuple, list)) else batch
-                if not isinstance(X, torch.Tensor):
-                    raise TypeError(f"a calibration batch must be a tensor or an (X, y) pair, got {type(batch).__name__}")
-                model(X)
-                n_batches += 1
-    finally:
-        for h in handles:
-            h.remove()
-    if n_batches == 0:
-        raise ValueError("batches is empty: give at least one calibration batch")
+    run_hooked(model, batches, [m.register_forward_hook(hook(n)) for n, m in layers.items()])
     unused = [n for n, c in seen.items() if c == 0]
     if unused:
         raise ValueError(f"layer(s) {', '.join(unused)} saw no input: they are not used by the model's forward")

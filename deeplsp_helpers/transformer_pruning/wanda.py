@@ -22,14 +22,14 @@ def wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tenso
     arXiv:2306.11695. Compare scores within each output row: :func:`row_mask`.
     """
     w = _check_matrix(weight)
-    if not isinstance(input_norms, torch.Tensor) or not input_norms.is_floating_point():
-        raise TypeError("input_norms must be a floating-point tensor [in_features], e.g. from activation_norms")
-    if input_norms.shape != (w.shape[1],):
+    norms = check_tensor(input_norms, "input_norms [in_features] (e.g. from activation_norms)", floating=True,
+                         finite=True)
+    if norms.shape != (w.shape[1],):
         raise ValueError(f"input_norms must have shape ({w.shape[1]},) (one norm per input column of a weight "
-                         f"{tuple(w.shape)}), got {tuple(input_norms.shape)}")
-    if not torch.isfinite(input_norms).all() or (input_norms < 0).any():
-        raise ValueError("input_norms must be finite and non-negative (they are L2 norms)")
-    return w.abs() * input_norms.detach().to(w).unsqueeze(0)  # [out, in] * [1, in]
+                         f"{tuple(w.shape)}), got {tuple(norms.shape)}")
+    if (norms < 0).any():
+        raise ValueError("input_norms must be non-negative (they are L2 norms)")
+    return w.abs() * norms.to(w).unsqueeze(0)  # [out, in] * [1, in]
 
 
 def _check_scores(scores) -> torch.Tensor:
