@@ -84,7 +84,7 @@ def nm_mask(w: torch.Tensor, n: int = 2, m: int = 4, dim: int | None = None) -> 
     ``dim`` defaults to the input dimension, 1, of a weight ``[out, in, *kernel]``: the rows of a Linear
     weight ``[out, in]``, and for a convolution ``[out, in, kh, kw]`` groups of ``m`` *input channels* at
     every (output channel, kernel position). That is the layout NVIDIA's sparse tensor cores read and its
-    ASP library prunes (a conv weight is seen as the matrix ``[out * kh * kw, in]``), not runs of the
+    ASP library prunes (a conv weight is seen as the matrix ``[kh * kw * out, in]``), not runs of the
     flattened ``in * kh * kw`` that would straddle kernels. A 1-D tensor is grouped along its only dimension.
 
     Lengths that are not a multiple of ``m``:

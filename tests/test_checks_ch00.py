@@ -20,7 +20,7 @@ def macs_by_layer(model, X):
                     per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
                 else:
                     per_output = module.in_features
-                macs[name] = output[0].numel() * per_output  # one sample's outputs, each a dot product
+                macs[name] = macs.get(name, 0) + output[0].numel() * per_output  # one sample's outputs, a dot product each
             hooks.append(m.register_forward_hook(hook))
     with torch.no_grad():
         model(X)
@@ -35,7 +35,7 @@ def macs_by_layer_from_weights(model, X):  # also right: each weight is used onc
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
             def hook(module, inputs, output, name=name):
                 per_channel = output[0].numel() // module.weight.shape[0]  # positions (conv) or rows (linear)
-                macs[name] = torch.tensor(module.weight.numel() * per_channel)  # a one-element integer tensor
+                macs[name] = macs.get(name, 0) + torch.tensor(module.weight.numel() * per_channel)  # an int tensor
             hooks.append(m.register_forward_hook(hook))
     model(X)
     for h in hooks:
@@ -109,6 +109,8 @@ WRONG_TOLD = {  # (wrong answer, what the message must say)
         (lambda model, X: {n: 0 for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
          | macs_by_layer(model, X), "never called"),
         (lambda model, X: {n: float(v) + 0.5 for n, v in macs_by_layer(model, X).items()}, "MACs per sample"),
+        (_wrong_macs(lambda m, out, right: right // 2 if isinstance(m, torch.nn.Linear) and m.bias is None else right),
+         "runs 2 times"),
     ],
     "pick_on_validation": [
         (lambda models, loaders: max(models, key=lambda n: train.evaluate(models[n], loaders.test)), "test split"),

@@ -66,9 +66,10 @@ def check_sparse_storage_bits(sparse_storage_bits):
 
 
 def _shape_macs(model, X):
-    """{name: MACs per sample} of every Conv2d and Linear that runs on ``X``, from shapes (the check's own count)."""
+    """{name: MACs per sample} of every Conv2d and Linear that runs on ``X``, from shapes (the check's own count),
+    and {name: calls}."""
     names = {module: name for name, module in model.named_modules()}
-    out, hooks = {}, []
+    out, calls, hooks = {}, {}, []
 
     def hook(module, inputs, output):
         per_sample = output[0].numel()  # output elements of one sample
@@ -77,6 +78,7 @@ def _shape_macs(model, X):
         else:
             k = module.in_features
         out[names[module]] = out.get(names[module], 0) + per_sample * k
+        calls[names[module]] = calls.get(names[module], 0) + 1
 
     for module in names:
         if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -87,18 +89,20 @@ def _shape_macs(model, X):
     finally:
         for h in hooks:
             h.remove()
-    return out
+    return out, calls
 
 
 class _Tokens(nn.Module):
-    """A linear layer applied to every row of a [N, T, F] sample, then a head on the mean row; one unused layer."""
+    """A linear layer applied to every row of a [N, T, F] sample, then one head run twice (on the mean and on the
+    largest of the rows); one unused layer."""
 
     def __init__(self):
         super().__init__()
         self.mix, self.head, self.unused = nn.Linear(6, 5), nn.Linear(5, 3, bias=False), nn.Linear(6, 6)
 
     def forward(self, x):
-        return self.head(torch.relu(self.mix(x)).mean(1))
+        h = torch.relu(self.mix(x))
+        return self.head(h.mean(1)) + self.head(h.amax(1))
 
 
 def _macs_models():
@@ -121,7 +125,7 @@ def check_macs_by_layer(macs_by_layer):
     _callable(macs_by_layer, "macs_by_layer")
     cases = _macs_models()
     for label, model, X in cases:
-        want = _shape_macs(model, X)
+        want, calls = _shape_macs(model, X)
         got = _call("macs_by_layer", macs_by_layer, model, X)
         _expect(isinstance(got, dict), f"macs_by_layer should return a dict {{module name: MACs per sample}}, got "
                                        f"{type(got).__name__}")
@@ -147,8 +151,10 @@ def check_macs_by_layer(macs_by_layer):
                           (int(m.weight.count_nonzero()) * positions // m.out_channels,
                            "zeros were skipped: MACs are counted from the shapes, a zero weight costs one all the same")]
             else:
-                rows = expected // (m.in_features * m.out_features)
+                rows = expected // (m.in_features * m.out_features * calls[name])
                 causes = [(expected * n, "that is the whole batch; count one sample"),
+                          (expected // calls[name], f"this layer runs {calls[name]} times on each sample: add the MACs "
+                                                    f"of every call"),
                           (m.in_features * m.out_features, f"a sample here has {rows} rows, and the layer runs on "
                                                            f"each of them")]
             why = next((msg for value_, msg in causes if value is not None and value == value_ != expected), "")
